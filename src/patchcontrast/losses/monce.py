@@ -1,0 +1,133 @@
+"""MoNCE: negatives re-weighted by an optimal-transport plan (Zhan et al., CVPR 2022, Eq. 4-6)."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ._common import (
+    DIAGONAL_SIMILARITY,
+    Negatives,
+    Reduction,
+    Weighting,
+    check_choice,
+    check_group_size,
+    check_int,
+    check_positive,
+    contrastive_loss,
+    full_precision,
+    reduce,
+)
+from .nce import PatchNCELoss, _check_common, _check_weighting, _similarities
+from .sinkhorn import sinkhorn
+
+Diagonal = Literal["upstream", "exclude"]
+DIAGONALS = ("upstream", "exclude")
+
+# Upstream adds this floor to the weights, so negatives with zero transport mass keep
+# log-weight -18.4 instead of -inf.
+WEIGHT_FLOOR = 1e-8
+
+
+def monce_cost(s: Tensor, *, weighting: Weighting, diagonal: Diagonal) -> Tensor:
+    """Transport cost of MoNCE from similarities ``s`` ``(G, n, n)``.
+
+    The official code builds the Gibbs kernel ``exp(M / beta)`` with ``M = s`` ("hard": mass goes
+    to similar, hard negatives) or ``M = 1 - s`` ("easy"), and ``M_ii = -10``. In the standard
+    convention ``K = exp(-C / beta)`` that is ``C = -s`` resp. ``C = s - 1`` with ``C_ii = 10``
+    (``diagonal="upstream"``) or ``C_ii = +inf`` (``"exclude"``: the paper's ``C_ii = inf``,
+    exactly zero mass on the positive pair).
+    """
+    cost = -s if weighting == "hard" else s - 1.0
+    eye = torch.eye(s.shape[-1], dtype=torch.bool, device=s.device)
+    fill = -DIAGONAL_SIMILARITY if diagonal == "upstream" else math.inf
+    return cost.masked_fill(eye, fill)
+
+
+@full_precision
+def monce(
+    q: Tensor,
+    k: Tensor,
+    *,
+    tau: float = 0.07,
+    weighting: Weighting = "hard",
+    beta: float = 0.1,
+    Q: float = 1.0,
+    iters: int = 50,
+    tol: float | None = None,
+    grad_through_plan: bool = True,
+    diagonal: Diagonal = "upstream",
+    negatives: Negatives = "image",
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""MoNCE loss: WeightNCE whose weights are an entropic OT plan over all anchors of a group.
+
+    .. math::
+        \ell_i = -\log \frac{e^{s_{ii}/\tau}}
+                 {e^{s_{ii}/\tau} + \sum_{j \ne i} f_{ij} e^{s_{ij}/\tau} + e^{-10/\tau}},
+        \qquad f = Q (n-1) T + 10^{-8}
+
+    where ``T`` is the Sinkhorn plan (unit marginals, ``T 1 = 1``, ``T^T 1 = 1``) for the cost of
+    :func:`monce_cost` at regularisation ``beta``. The weights enter as ``s_ij + tau log f_ij``.
+
+    With the defaults this is the official MoNCE-CUT loss (50 iterations, upstream diagonal,
+    gradient through every Sinkhorn iteration into ``q``), except that our solver is stable for
+    any beta (the official one returns NaN in float32 at beta = 0.01) and that ``n`` is the actual
+    group size where upstream uses the ``num_patches`` option (equal in the standard setting).
+
+    Args:
+        q, k: ``(B, N, C)`` L2-normalised features; ``k`` is detached (also inside the plan).
+        weighting: ``"hard"`` (unpaired, paper default) or ``"easy"`` (paired/SPADE).
+        beta: Sinkhorn regularisation (official option ``--eps``; paper default 0.1).
+        Q: total weight of the negatives relative to the ``n - 1`` of PatchNCE.
+        iters, tol: Sinkhorn iterations; ``tol`` stops early on the row-marginal error (faster,
+            but no longer the official 50-iteration plan).
+        grad_through_plan: ``False`` detaches the plan (cheaper; not the official gradient).
+        diagonal: ``"upstream"`` (kernel ``exp(-10 / beta)`` on the positive pair) or ``"exclude"``.
+    """
+    _check_common(q, tau, negatives, reduction)
+    _check_weighting(weighting, beta, Q)
+    check_int("iters", iters, low=1)
+    if tol is not None:
+        check_positive("tol", tol)
+    check_choice("diagonal", diagonal, DIAGONALS)
+    n = check_group_size(q, negatives)
+    s, eye = _similarities(q, k, negatives)
+    cost = monce_cost(s if grad_through_plan else s.detach(), weighting=weighting,
+                      diagonal=diagonal)
+    plan = sinkhorn(cost, eps=beta, iters=iters, tol=tol)  # (G, n, n)
+    log_f = torch.log(plan * (Q * (n - 1)) + WEIGHT_FLOOR)
+    logits = torch.where(eye, s, s + tau * log_f) / tau
+    loss = contrastive_loss(s.diagonal(dim1=1, dim2=2) / tau, logits, tau=tau)
+    return reduce(loss, q.shape, reduction)
+
+
+class MoNCELoss(PatchNCELoss):
+    """Module form of :func:`monce`."""
+
+    def __init__(self, *, tau: float = 0.07, weighting: Weighting = "hard", beta: float = 0.1,
+                 Q: float = 1.0, iters: int = 50, tol: float | None = None,
+                 grad_through_plan: bool = True, diagonal: Diagonal = "upstream",
+                 negatives: Negatives = "image", reduction: Reduction = "mean") -> None:
+        super().__init__(tau=tau, negatives=negatives, reduction=reduction)
+        _check_weighting(weighting, beta, Q)
+        check_int("iters", iters, low=1)
+        if tol is not None:
+            check_positive("tol", tol)
+        check_choice("diagonal", diagonal, DIAGONALS)
+        self.weighting, self.beta, self.Q = weighting, beta, Q
+        self.iters, self.tol, self.grad_through_plan, self.diagonal = (
+            iters, tol, grad_through_plan, diagonal)
+
+    def forward(self, q: Tensor, k: Tensor) -> Tensor:
+        return monce(q, k, tau=self.tau, weighting=self.weighting, beta=self.beta, Q=self.Q,
+                     iters=self.iters, tol=self.tol, grad_through_plan=self.grad_through_plan,
+                     diagonal=self.diagonal, negatives=self.negatives, reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, weighting={self.weighting!r}, beta={self.beta}, "
+                f"Q={self.Q}, iters={self.iters}, tol={self.tol}, "
+                f"grad_through_plan={self.grad_through_plan}, diagonal={self.diagonal!r}")
