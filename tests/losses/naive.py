@@ -96,8 +96,9 @@ def naive_weighted_nce_given_f(q, k, f, *, tau=0.07, negatives="image", reductio
     return reduce(_stack_loop(out, B, N), reduction)
 
 
-def naive_weight_nce(q, k, *, tau=0.07, weighting="hard", beta=0.1, Q=1.0,
-                     negatives="image", reduction="none"):
+def naive_weight_nce(
+    q, k, *, tau=0.07, weighting="hard", beta=0.1, Q=1.0, negatives="image", reduction="none"
+):
     """WeightNCE (METHODS.md §1.4), softmax normaliser over j != i only."""
     B, N, _ = q.shape
     sign = {"hard": 1.0, "easy": -1.0}[weighting]
@@ -128,16 +129,16 @@ def naive_weight_nce_limit(q, k, *, tau=0.07, weighting="hard", Q=1.0, negatives
     return _stack_loop(out, B, N)
 
 
-def naive_put(q, k, *, tau=0.07, k_neg=5, selection="hardest", negatives="image",
-              reduction="none"):
+def naive_put(q, k, *, tau=0.07, k_neg=5, selection="hardest", negatives="image", reduction="none"):
     """Per-anchor pruning: keep the k_neg largest ("hardest") or smallest ("easiest") S_ij,
     j != i; CE over [S_ii, kept]/τ, no −10 diagonal term."""
     B, N, _ = q.shape
     out = []
     for S, i in _group_loop(q, k, negatives):
         n = S.shape[0]
-        vals = sorted((S[i, j] for j in range(n) if j != i), key=float,
-                      reverse=(selection == "hardest"))
+        vals = sorted(
+            (S[i, j] for j in range(n) if j != i), key=float, reverse=(selection == "hardest")
+        )
         kept = vals[:k_neg]
         pos = torch.exp(S[i, i] / tau)
         den = pos + sum(torch.exp(s / tau) for s in kept)
@@ -234,9 +235,21 @@ def official_plan(qg, kg, *, weighting="hard", beta=0.1, iters=50, diagonal="ups
     return u[:, :, None] * K * v[:, None, :]
 
 
-def official_monce(q, k, *, tau=0.07, weighting="hard", beta=0.1, Q=1.0, iters=50,
-                   grad_through_plan=True, diagonal="upstream", negatives="image",
-                   reduction="none", return_plan=False):
+def official_monce(
+    q,
+    k,
+    *,
+    tau=0.07,
+    weighting="hard",
+    beta=0.1,
+    Q=1.0,
+    iters=50,
+    grad_through_plan=True,
+    diagonal="upstream",
+    negatives="image",
+    reduction="none",
+    return_plan=False,
+):
     """MoNCE as the official MoNCE-CUT code computes it (§1.5), with n = actual group size."""
     B, N, C = q.shape
     qg, kg = groups(q, k, negatives)
@@ -281,8 +294,9 @@ def random_features(B, N, C, *, seed, dtype=torch.float64):
     return q, k
 
 
-def clustered_features(B, N, C, *, seed, n_clusters=4, spread=0.15, key_noise=0.1,
-                       dtype=torch.float64):
+def clustered_features(
+    B, N, C, *, seed, n_clusters=4, spread=0.15, key_noise=0.1, dtype=torch.float64
+):
     """'Realistic' features: patches are noisy copies of a few cluster centres (near-duplicate
     patches), keys are normalised noisy copies of the queries."""
     g = torch.Generator().manual_seed(seed)

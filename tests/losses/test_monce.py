@@ -51,8 +51,7 @@ def test_default_matches_official_values_and_grads(features, weighting, beta, Q)
         q, k = clustered_features(B, N, C, seed=seed)
     wts = _wts(B, N, seed)
     got, g_got = _value_and_grad(monce, q, k, wts, weighting=weighting, beta=beta, Q=Q)
-    want, g_want = _value_and_grad(official_monce, q, k, wts, weighting=weighting, beta=beta,
-                                   Q=Q)
+    want, g_want = _value_and_grad(official_monce, q, k, wts, weighting=weighting, beta=beta, Q=Q)
     assert got.shape == (B, N)
     torch.testing.assert_close(got, want, rtol=VAL_RTOL, atol=0)
     _assert_grad_close(g_got, g_want)
@@ -73,10 +72,10 @@ def test_default_matches_official_n64_clustered_paper_beta(weighting):
 def test_batch_negatives_matches_official(weighting):
     q, k = clustered_features(3, 8, 8, seed=51)
     wts = _wts(3, 8, 4)
-    got, g_got = _value_and_grad(monce, q, k, wts, weighting=weighting, beta=0.5,
-                                 negatives="batch")
-    want, g_want = _value_and_grad(official_monce, q, k, wts, weighting=weighting, beta=0.5,
-                                   negatives="batch")
+    got, g_got = _value_and_grad(monce, q, k, wts, weighting=weighting, beta=0.5, negatives="batch")
+    want, g_want = _value_and_grad(
+        official_monce, q, k, wts, weighting=weighting, beta=0.5, negatives="batch"
+    )
     assert got.shape == (3, 8)
     torch.testing.assert_close(got, want, rtol=VAL_RTOL, atol=0)
     _assert_grad_close(g_got, g_want)
@@ -104,10 +103,12 @@ def test_iters_and_tau(iters, tau):
 def test_plan_detached(weighting):
     q, k = clustered_features(2, 16, 8, seed=54)
     wts = _wts(2, 16, 5)
-    got, g_got = _value_and_grad(monce, q, k, wts, weighting=weighting, beta=0.5,
-                                 grad_through_plan=False)
-    want, g_want = _value_and_grad(official_monce, q, k, wts, weighting=weighting, beta=0.5,
-                                   grad_through_plan=False)
+    got, g_got = _value_and_grad(
+        monce, q, k, wts, weighting=weighting, beta=0.5, grad_through_plan=False
+    )
+    want, g_want = _value_and_grad(
+        official_monce, q, k, wts, weighting=weighting, beta=0.5, grad_through_plan=False
+    )
     _, g_default = _value_and_grad(monce, q, k, wts, weighting=weighting, beta=0.5)
     torch.testing.assert_close(got, want, rtol=VAL_RTOL, atol=0)
     _assert_grad_close(g_got, g_want)
@@ -119,10 +120,12 @@ def test_plan_detached(weighting):
 def test_diagonal_exclude_matches_official_exclude(weighting):
     q, k = random_features(2, 12, 8, seed=55)
     wts = _wts(2, 12, 6)
-    got, g_got = _value_and_grad(monce, q, k, wts, weighting=weighting, beta=1.0,
-                                 diagonal="exclude")
-    want, g_want = _value_and_grad(official_monce, q, k, wts, weighting=weighting, beta=1.0,
-                                   diagonal="exclude")
+    got, g_got = _value_and_grad(
+        monce, q, k, wts, weighting=weighting, beta=1.0, diagonal="exclude"
+    )
+    want, g_want = _value_and_grad(
+        official_monce, q, k, wts, weighting=weighting, beta=1.0, diagonal="exclude"
+    )
     torch.testing.assert_close(got, want, rtol=VAL_RTOL, atol=0)
     _assert_grad_close(g_got, g_want)
     # at β = 1 the upstream diagonal exp(−10) is not negligible: the two modes differ
@@ -135,8 +138,16 @@ def test_diagonal_exclude_matches_official_exclude(weighting):
 def test_exclude_huge_beta_equals_patch_nce(weighting, negatives):
     # β → ∞ with an exact-zero diagonal: T → (J − I)/(n − 1), f → 1, MoNCE → PatchNCE
     q, k = random_features(2, 16, 8, seed=56)
-    got = monce(q, k, weighting=weighting, beta=1e6, Q=1.0, diagonal="exclude",
-                negatives=negatives, reduction="none")
+    got = monce(
+        q,
+        k,
+        weighting=weighting,
+        beta=1e6,
+        Q=1.0,
+        diagonal="exclude",
+        negatives=negatives,
+        reduction="none",
+    )
     want = patch_nce(q, k, negatives=negatives, reduction="none")
     torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
 
@@ -156,14 +167,19 @@ def test_plan_via_sinkhorn_and_naive_weighted_nce(weighting, beta):
     T = sinkhorn(-M, eps=beta, iters=50)
     torch.testing.assert_close(T, T_off, rtol=1e-9, atol=1e-14)
     # marginals: columns exact (v updated last), rows approximately one
-    torch.testing.assert_close(T.sum(1), torch.ones(B, N, dtype=torch.float64),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        T.sum(1), torch.ones(B, N, dtype=torch.float64), rtol=1e-12, atol=1e-12
+    )
     assert (T.sum(2) - 1).abs().max() < 5e-2
     f = T * (N - 1) * Q + 1e-8
     naive = naive_weighted_nce_given_f(q, k, f)
     torch.testing.assert_close(naive, want, rtol=1e-10, atol=0)
-    torch.testing.assert_close(monce(q, k, weighting=weighting, beta=beta, Q=Q,
-                                     reduction="none"), naive, rtol=VAL_RTOL, atol=0)
+    torch.testing.assert_close(
+        monce(q, k, weighting=weighting, beta=beta, Q=Q, reduction="none"),
+        naive,
+        rtol=VAL_RTOL,
+        atol=0,
+    )
 
 
 @pytest.mark.parametrize("grad_through_plan", [True, False])
@@ -195,8 +211,18 @@ def test_gradcheck(weighting, diagonal, negatives):
     q, k = random_features(2, 5, 3, seed=60)
     q.requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda x: monce(x, k, tau=0.2, weighting=weighting, beta=0.5, Q=1.5, iters=10,
-                        diagonal=diagonal, negatives=negatives, reduction="none"),
+        lambda x: monce(
+            x,
+            k,
+            tau=0.2,
+            weighting=weighting,
+            beta=0.5,
+            Q=1.5,
+            iters=10,
+            diagonal=diagonal,
+            negatives=negatives,
+            reduction="none",
+        ),
         (q,),
     )
 
@@ -210,8 +236,10 @@ def test_detached_plan_is_not_the_full_derivative():
     d = torch.zeros_like(q)
     d[0, 0, 0] = 1.0
     h = 1e-6
-    fd = ((monce(q + h * d, k, beta=0.5, tau=0.2, reduction="none") * wts).sum()
-          - (monce(q - h * d, k, beta=0.5, tau=0.2, reduction="none") * wts).sum()) / (2 * h)
+    fd = (
+        (monce(q + h * d, k, beta=0.5, tau=0.2, reduction="none") * wts).sum()
+        - (monce(q - h * d, k, beta=0.5, tau=0.2, reduction="none") * wts).sum()
+    ) / (2 * h)
     _, g_full = _value_and_grad(monce, q, k, wts, beta=0.5, tau=0.2)
     torch.testing.assert_close(g_full[0, 0, 0], fd, rtol=1e-6, atol=1e-8)
     assert abs(g[0, 0, 0] - fd) > 1e-4 * abs(fd)

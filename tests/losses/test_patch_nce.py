@@ -71,7 +71,9 @@ def test_diagonal_term_is_minus_10():
     # n e^{s_i/τ} + e^{-10/τ}; a large τ makes the −10 term visible
     B, N, C, tau = 1, 5, 3, 5.0
     g = torch.Generator().manual_seed(11)
-    q = torch.nn.functional.normalize(torch.randn(B, N, C, dtype=torch.float64, generator=g), -1)
+    q = torch.nn.functional.normalize(
+        torch.randn(B, N, C, dtype=torch.float64, generator=g), dim=-1
+    )
     k = q[:, :1].expand(B, N, C).clone()
     got = patch_nce(q, k, tau=tau, reduction="none")
     s = (q * k).sum(-1)

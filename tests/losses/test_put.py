@@ -5,8 +5,6 @@ Oracles: ``naive.naive_put`` (per-anchor loop: keep the k largest / smallest S_i
 anchors, METHODS.md §1.7) and PatchNCE (k = n−1 hardest keeps every negative).
 """
 
-import math
-
 import pytest
 import torch
 from naive import naive_patch_nce, naive_put, official_put, random_features
@@ -23,10 +21,10 @@ def test_hardest_all_negatives_equals_patch_nce(negatives, B):
     n = N if negatives == "image" else B * N
     q, k = random_features(B, N, 5, seed=70 + B)
     got = put(q, k, k_neg=n - 1, selection="hardest", negatives=negatives, reduction="none")
-    torch.testing.assert_close(got, patch_nce(q, k, negatives=negatives, reduction="none"),
-                               rtol=1e-9, atol=0)
-    torch.testing.assert_close(got, naive_patch_nce(q, k, negatives=negatives),
-                               rtol=1e-9, atol=0)
+    torch.testing.assert_close(
+        got, patch_nce(q, k, negatives=negatives, reduction="none"), rtol=1e-9, atol=0
+    )
+    torch.testing.assert_close(got, naive_patch_nce(q, k, negatives=negatives), rtol=1e-9, atol=0)
 
 
 @pytest.mark.parametrize("selection", ["hardest", "easiest"])
@@ -35,8 +33,9 @@ def test_hardest_all_negatives_equals_patch_nce(negatives, B):
 @pytest.mark.parametrize("tau", [0.07, 0.5])
 def test_matches_naive(selection, k_neg, negatives, tau):
     q, k = random_features(2, 7, 5, seed=72 + k_neg)
-    got = put(q, k, tau=tau, k_neg=k_neg, selection=selection, negatives=negatives,
-              reduction="none")
+    got = put(
+        q, k, tau=tau, k_neg=k_neg, selection=selection, negatives=negatives, reduction="none"
+    )
     assert got.shape == (2, 7)
     want = naive_put(q, k, tau=tau, k_neg=k_neg, selection=selection, negatives=negatives)
     torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
@@ -84,10 +83,12 @@ def test_official_last_G_anchors_only_get_minus_10(negatives, tau):
     B, N, k_neg = 3, 6, 4
     G = B if negatives == "image" else 1
     q, k = random_features(B, N, 4, seed=78)
-    got = put(q, k, tau=tau, k_neg=k_neg, selection="official", negatives=negatives,
-              reduction="none").reshape(-1)
+    got = put(
+        q, k, tau=tau, k_neg=k_neg, selection="official", negatives=negatives, reduction="none"
+    ).reshape(-1)
     s = (q * k).sum(-1).reshape(-1)
-    expect = -torch.log(torch.exp(s / tau) / (torch.exp(s / tau) + k_neg * math.exp(-10 / tau)))
+    # = log(1 + k e^{(−10 − s)/τ}), written with log1p so that it stays accurate at τ = 0.07
+    expect = torch.log1p(k_neg * torch.exp((-10.0 - s) / tau))
     torch.testing.assert_close(got[-G:], expect[-G:], rtol=1e-10, atol=1e-300)
     if tau == 0.07:
         assert torch.all(got[-G:] < 1e-50)
@@ -117,8 +118,12 @@ def test_random_between_easiest_and_hardest(negatives):
     # k_neg = n − 1 leaves no randomness: random == hardest == easiest
     n = 9 if negatives == "image" else 18
     full = dict(k_neg=n - 1, negatives=negatives, reduction="none")
-    torch.testing.assert_close(put(q, k, selection="random", **full),
-                               put(q, k, selection="hardest", **full), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        put(q, k, selection="random", **full),
+        put(q, k, selection="hardest", **full),
+        rtol=1e-10,
+        atol=1e-12,
+    )
 
 
 @pytest.mark.parametrize("selection", ["hardest", "easiest", "official", "random"])
@@ -155,7 +160,8 @@ def test_gradcheck(selection, negatives):
     q, k = random_features(2, 5, 3, seed=84)
     q.requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda x: put(x, k, tau=0.2, k_neg=2, selection=selection, negatives=negatives,
-                      reduction="none"),
+        lambda x: put(
+            x, k, tau=0.2, k_neg=2, selection=selection, negatives=negatives, reduction="none"
+        ),
         (q,),
     )

@@ -31,10 +31,10 @@ def test_matches_naive(weighting, beta, Q):
 @pytest.mark.parametrize("tau", [0.07, 0.3])
 def test_matches_naive_batch_negatives(weighting, tau):
     q, k = random_features(3, 5, 4, seed=21)
-    got = weight_nce(q, k, tau=tau, weighting=weighting, beta=0.2, Q=1.5,
-                     negatives="batch", reduction="none")
-    want = naive_weight_nce(q, k, tau=tau, weighting=weighting, beta=0.2, Q=1.5,
-                            negatives="batch")
+    got = weight_nce(
+        q, k, tau=tau, weighting=weighting, beta=0.2, Q=1.5, negatives="batch", reduction="none"
+    )
+    want = naive_weight_nce(q, k, tau=tau, weighting=weighting, beta=0.2, Q=1.5, negatives="batch")
     assert got.shape == (3, 5)
     torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
 
@@ -50,10 +50,12 @@ def test_defaults():
 def test_reductions(negatives):
     q, k = random_features(2, 6, 4, seed=23)
     none = weight_nce(q, k, negatives=negatives, reduction="none")
-    torch.testing.assert_close(weight_nce(q, k, negatives=negatives, reduction="mean"),
-                               none.mean(), rtol=RTOL, atol=ATOL)
-    torch.testing.assert_close(weight_nce(q, k, negatives=negatives, reduction="sum"),
-                               none.sum(), rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(
+        weight_nce(q, k, negatives=negatives, reduction="mean"), none.mean(), rtol=RTOL, atol=ATOL
+    )
+    torch.testing.assert_close(
+        weight_nce(q, k, negatives=negatives, reduction="sum"), none.sum(), rtol=RTOL, atol=ATOL
+    )
 
 
 @pytest.mark.parametrize("weighting", ["hard", "easy"])
@@ -61,12 +63,15 @@ def test_reductions(negatives):
 def test_infinite_beta_q1_equals_patch_nce(weighting, negatives):
     # uniform weights 1/(n−1) and Q = 1: exactly PatchNCE (up to O(1/β))
     q, k = random_features(2, 8, 5, seed=24)
-    got = weight_nce(q, k, weighting=weighting, beta=1e9, Q=1.0, negatives=negatives,
-                     reduction="none")
-    torch.testing.assert_close(got, patch_nce(q, k, negatives=negatives, reduction="none"),
-                               rtol=1e-7, atol=1e-9)
-    torch.testing.assert_close(got, naive_patch_nce(q, k, negatives=negatives),
-                               rtol=1e-7, atol=1e-9)
+    got = weight_nce(
+        q, k, weighting=weighting, beta=1e9, Q=1.0, negatives=negatives, reduction="none"
+    )
+    torch.testing.assert_close(
+        got, patch_nce(q, k, negatives=negatives, reduction="none"), rtol=1e-7, atol=1e-9
+    )
+    torch.testing.assert_close(
+        got, naive_patch_nce(q, k, negatives=negatives), rtol=1e-7, atol=1e-9
+    )
 
 
 def test_hard_ge_patch_nce_ge_easy():
@@ -133,8 +138,12 @@ def test_gradient_matches_naive_autograd(detach, weighting):
     q, k = random_features(2, 6, 4, seed=29)
     wts = torch.rand(2, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     q1 = q.clone().requires_grad_(True)
-    (weight_nce(q1, k, weighting=weighting, beta=0.2, Q=1.5, detach_weights=detach,
-                reduction="none") * wts).sum().backward()
+    (
+        weight_nce(
+            q1, k, weighting=weighting, beta=0.2, Q=1.5, detach_weights=detach, reduction="none"
+        )
+        * wts
+    ).sum().backward()
     q2 = q.clone().requires_grad_(True)
     if detach:
         # same value; weights computed from a detached copy of q
@@ -170,7 +179,15 @@ def test_gradcheck(weighting, negatives):
     q, k = random_features(2, 5, 3, seed=31)
     q.requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda x: weight_nce(x, k, tau=0.2, weighting=weighting, beta=0.3, Q=1.5,
-                             negatives=negatives, reduction="none"),
+        lambda x: weight_nce(
+            x,
+            k,
+            tau=0.2,
+            weighting=weighting,
+            beta=0.3,
+            Q=1.5,
+            negatives=negatives,
+            reduction="none",
+        ),
         (q,),
     )

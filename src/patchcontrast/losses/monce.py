@@ -21,7 +21,7 @@ from ._common import (
     full_precision,
     reduce,
 )
-from .nce import PatchNCELoss, _check_common, _check_weighting, _similarities
+from .nce import PatchNCELoss, _check_common, _check_weighting, _similarities, _upstream_diagonal
 from .sinkhorn import sinkhorn
 
 Diagonal = Literal["upstream", "exclude"]
@@ -100,8 +100,8 @@ def monce(
                       diagonal=diagonal)
     plan = sinkhorn(cost, eps=beta, iters=iters, tol=tol)  # (G, n, n)
     log_f = torch.log(plan * (Q * (n - 1)) + WEIGHT_FLOOR)
-    logits = torch.where(eye, s, s + tau * log_f) / tau
-    loss = contrastive_loss(s.diagonal(dim1=1, dim2=2) / tau, logits, tau=tau)
+    weighted = _upstream_diagonal(s + tau * log_f, eye)
+    loss = contrastive_loss(s.diagonal(dim1=1, dim2=2) / tau, weighted / tau)
     return reduce(loss, q.shape, reduction)
 
 

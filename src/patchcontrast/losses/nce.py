@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ._common import (
+    DIAGONAL_SIMILARITY,
     NEGATIVES,
     REDUCTIONS,
     WEIGHTINGS,
@@ -62,6 +63,7 @@ def patch_nce(
 
     The last term is upstream's masked diagonal (the positive's entry of the negative matrix is
     set to -10 rather than removed); it is ~1e-62 and kept only for exact parity.
+    :func:`weight_nce` and :func:`monce` keep it too.
 
     Args:
         q, k: ``(B, N, C)`` L2-normalised features; ``k`` is detached.
@@ -77,7 +79,7 @@ def patch_nce(
     """
     _check_common(q, tau, negatives, reduction)
     s, eye = _similarities(q, k, negatives)
-    loss = contrastive_loss(s.diagonal(dim1=1, dim2=2) / tau, s / tau, tau=tau)
+    loss = contrastive_loss(s.diagonal(dim1=1, dim2=2) / tau, _upstream_diagonal(s, eye) / tau)
     return reduce(loss, q.shape, reduction)
 
 
@@ -119,8 +121,8 @@ def weight_nce(
     sign = 1.0 if weighting == "hard" else -1.0
     scores = (s.detach() if detach_weights else s) * (sign / beta)
     log_w = torch.log_softmax(scores.masked_fill(eye, float("-inf")), dim=-1)
-    logits = torch.where(eye, s, s + tau * (log_w + math.log(Q * (n - 1)))) / tau
-    loss = contrastive_loss(s.diagonal(dim1=1, dim2=2) / tau, logits, tau=tau)
+    weighted = _upstream_diagonal(s + tau * (log_w + math.log(Q * (n - 1))), eye)
+    loss = contrastive_loss(s.diagonal(dim1=1, dim2=2) / tau, weighted / tau)
     return reduce(loss, q.shape, reduction)
 
 
@@ -166,7 +168,7 @@ def put(
     positive = s.diagonal(dim1=1, dim2=2)  # (G, n)
     if selection == "official":
         # (G*n, n): the column sort runs over every anchor of every group.
-        columns = s.masked_fill(eye, -10.0).reshape(-1, n).sort(dim=0, descending=True).values
+        columns = _upstream_diagonal(s, eye).reshape(-1, n).sort(dim=0, descending=True).values
         kept = columns[:, :k_neg].reshape(s.shape[0], n, k_neg)
     else:
         if selection == "random":
@@ -175,9 +177,13 @@ def put(
             scores = s.detach() if selection == "hardest" else -s.detach()
         index = scores.masked_fill(eye, float("-inf")).topk(k_neg, dim=-1).indices
         kept = s.gather(-1, index)  # (G, n, k_neg)
-    logits = torch.cat([positive.unsqueeze(-1), kept], dim=-1) / tau
-    loss = torch.logsumexp(logits, dim=-1) - positive / tau
+    loss = contrastive_loss(positive / tau, kept / tau)
     return reduce(loss, q.shape, reduction)
+
+
+def _upstream_diagonal(s: Tensor, eye: Tensor) -> Tensor:
+    """Upstream keeps the positive pair in the negative matrix with its similarity set to -10."""
+    return s.masked_fill(eye, DIAGONAL_SIMILARITY)
 
 
 def _check_common(q: Tensor, tau: float, negatives: str, reduction: str) -> None:

@@ -92,7 +92,9 @@ def _marginal(name: str, x: Tensor | None, shape: tuple[int, int], default: Tens
     try:
         x = x.expand(shape)
     except RuntimeError:
-        raise ValueError(f"{name} must have shape {shape} or ({shape[1]},); got {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must have shape {shape} or ({shape[1]},); got {tuple(x.shape)}"
+        ) from None
     if not (torch.isfinite(x).all() and (x > 0).all()):
         raise ValueError(f"{name} must be positive and finite")
     return x
@@ -102,11 +104,12 @@ class _Sinkhorn(torch.autograd.Function):
     """Stabilised Sinkhorn with an exact reverse pass through all iterations.
 
     Notation: ``A = -C / eps`` (log-kernel), ``x_t = log u_t``, ``y_t = log v_t``. Iteration t:
-    ``x_t = log a - LSE_j(A + y_{t-1})``, ``y_t = log b - LSE_i(A + x_t)``. With the half-step plans
-    ``P_t = exp(A + x_t + y_{t-1})`` (rows sum to a) and ``R_t = exp(A + x_t + y_t)`` (columns sum to
-    b): ``dx_t/dA = -P_t / a``, ``dx_t/dy_{t-1} = -P_t / a``, ``dy_t/dA = -R_t / b``,
-    ``dy_t/dx_t = -R_t / b``. Within an epoch ``P_t = u~_t K~ v~_{t-1}`` and ``R_t = u~_t K~ v~_t``, so
-    every matrix adjoint is ``K~ * (sum of outer products)``: one batched matmul per epoch.
+    ``x_t = log a - LSE_j(A + y_{t-1})``, ``y_t = log b - LSE_i(A + x_t)``. With the half-step
+    plans ``P_t = exp(A + x_t + y_{t-1})`` (rows sum to a) and ``R_t = exp(A + x_t + y_t)``
+    (columns sum to b): ``dx_t/dA = dx_t/dy_{t-1} = -P_t / a`` and
+    ``dy_t/dA = dy_t/dx_t = -R_t / b``. Within an epoch ``P_t = u~_t K~ v~_{t-1}`` and
+    ``R_t = u~_t K~ v~_t``, so every matrix adjoint is ``K~ * (sum of outer products)``: one
+    batched matmul per epoch.
     """
 
     @staticmethod
@@ -148,16 +151,20 @@ class _Sinkhorn(torch.autograd.Function):
                 kernels.append(kernel)
                 u, v = ones_u, ones_v
         plan = u * kernel * v
-        ctx.eps, ctx.a3, ctx.b3, ctx.p1 = eps, a3, b3, p1
-        ctx.kernels, ctx.steps = kernels, steps
-        ctx.save_for_backward(plan)
+        # Everything goes through save_for_backward so saved-tensor hooks (offloading, memory
+        # accounting) see it; the step structure (epoch of each iteration) is plain metadata.
+        ctx.eps, ctx.epochs = eps, [epoch for epoch, _, _ in steps]
+        ctx.n_kernels = len(kernels)
+        ctx.save_for_backward(plan, p1, a3, b3, *kernels,
+                              *[x for _, u_t, v_t in steps for x in (u_t, v_t)])
         return plan
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_plan: Tensor):
-        (plan,) = ctx.saved_tensors
-        a3, b3, kernels, steps = ctx.a3, ctx.b3, ctx.kernels, ctx.steps
+        plan, p1, a3, b3, *rest = ctx.saved_tensors
+        kernels, vectors = rest[: ctx.n_kernels], rest[ctx.n_kernels :]
+        steps = list(zip(ctx.epochs, vectors[0::2], vectors[1::2]))
         grad_log_plan = grad_plan * plan  # d/d(log T) = d/d(A + x_T + y_T)
         grad_log_k = grad_log_plan.clone()
         x_bar = grad_log_plan.sum(2, keepdim=True)  # (G, n, 1)
@@ -187,7 +194,7 @@ class _Sinkhorn(torch.autograd.Function):
         left[0].append(torch.ones_like(x_bar))
         right[0].append(c)
         x_bar = x_bar - torch.bmm(kernels[0], c.transpose(1, 2))
-        grad_log_k -= ctx.p1 * (x_bar / a3)
+        grad_log_k -= p1 * (x_bar / a3)
         for kernel, ls, rs in zip(kernels, left, right):
             if ls:
                 grad_log_k -= kernel * torch.bmm(torch.cat(ls, dim=2), torch.cat(rs, dim=1))

@@ -1,0 +1,133 @@
+"""Forward+backward time and peak memory of every contrastive loss, relative to patch_nce.
+
+Setting of the MoNCE/CUT training step: 5 feature layers, each ``(B, 256, 256)`` (256 sampled
+patches of 256 projected channels), queries requiring grad, keys = noisy copies of the queries
+(near-duplicate patches, as real features). All rows are measured in the same run; ratios are
+against ``patch_nce`` of the same batch size and device.
+
+The row ``monce (official algorithm)`` is the official MoNCE-CUT computation (plain-domain
+Sinkhorn, 50 iterations unrolled by autograd) as re-implemented by our test oracle
+``tests/losses/naive.py``; it is there to show what the stabilised solver buys.
+
+Usage: ``python benchmarks/losses.py [--batch 1 4] [--repeats 10] [--device cpu cuda]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # silence the profiler's start/stop chatter
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "losses"))
+
+from naive import official_monce  # noqa: E402  (test oracle, see module docstring)
+
+from patchcontrast.losses import monce, patch_nce, put, weight_nce  # noqa: E402
+
+LAYERS, PATCHES, CHANNELS = 5, 256, 256
+
+LOSSES = {
+    "patch_nce": patch_nce,
+    "weight_nce (hard)": weight_nce,
+    "put (hardest, k=5)": put,
+    "put (official)": functools.partial(put, selection="official"),
+    "monce (defaults)": monce,
+    "monce (grad_through_plan=False)": functools.partial(monce, grad_through_plan=False),
+    "monce (tol=1e-3)": functools.partial(monce, tol=1e-3),
+    "monce (official algorithm)": functools.partial(official_monce, reduction="mean"),
+}
+
+
+def features(batch: int, device: str, seed: int = 0) -> tuple[list, list]:
+    g = torch.Generator().manual_seed(seed)
+    qs, ks = [], []
+    for _ in range(LAYERS):
+        q = F.normalize(torch.randn(batch, PATCHES, CHANNELS, generator=g), dim=-1)
+        k = F.normalize(q + 0.3 * torch.randn(q.shape, generator=g), dim=-1)
+        qs.append(q.to(device).requires_grad_())
+        ks.append(k.to(device))
+    return qs, ks
+
+
+def step(loss_fn, qs, ks) -> None:
+    total = sum(loss_fn(q, k) for q, k in zip(qs, ks)) / LAYERS
+    total.backward()
+    for q in qs:
+        q.grad = None
+
+
+def time_it(loss_fn, qs, ks, repeats: int, device: str) -> float:
+    """Median wall time of one forward+backward over the 5 layers, in ms."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(2):
+        step(loss_fn, qs, ks)
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        step(loss_fn, qs, ks)
+        sync()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def peak_memory(loss_fn, qs, ks, device: str) -> float:
+    """Peak memory allocated during one forward+backward above what existed before, in MiB."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step(loss_fn, qs, ks)
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    # CPU: replay the profiler's allocation/free events in order and track the running maximum.
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        step(loss_fn, qs, ks)
+    # Allocations are attributed to the op that made them (its self usage), frees appear as
+    # "[memory]" events; both carry a timestamp.
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    current = peak = 0
+    for e in events:
+        current += e.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--repeats", type=int, default=10)
+    default_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    parser.add_argument("--device", nargs="+", default=default_devices)
+    args = parser.parse_args()
+
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"{LAYERS} layers x (B, {PATCHES}, {CHANNELS}) float32, forward+backward")
+    for device in args.device:
+        name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+        for batch in args.batch:
+            qs, ks = features(batch, device)
+            print(f"\n{name}, B = {batch}")
+            print(f"| {'loss':34s} | {'time ms':>8s} | {'x patch_nce':>11s} | {'peak MiB':>8s} "
+                  f"| {'x patch_nce':>11s} |")
+            print(f"|{'-' * 36}|{'-' * 10}|{'-' * 13}|{'-' * 10}|{'-' * 13}|")
+            base_t = base_m = None
+            for label, fn in LOSSES.items():
+                t = time_it(fn, qs, ks, args.repeats, device)
+                m = peak_memory(fn, qs, ks, device)
+                base_t, base_m = base_t or t, base_m or m
+                print(f"| {label:34s} | {t:8.2f} | {t / base_t:11.2f} | {m:8.1f} "
+                      f"| {m / base_m:11.2f} |")
+
+
+if __name__ == "__main__":
+    main()
