@@ -89,11 +89,13 @@ def test_official_last_G_anchors_only_get_minus_10(negatives, tau):
     s = (q * k).sum(-1).reshape(-1)
     # = log(1 + k e^{(−10 − s)/τ}), written with log1p so that it stays accurate at τ = 0.07
     expect = torch.log1p(k_neg * torch.exp((-10.0 - s) / tau))
-    torch.testing.assert_close(got[-G:], expect[-G:], rtol=1e-10, atol=1e-300)
+    # (at τ = 0.07 the value is ~1e-58; a log-sum-exp implementation may round it to 0)
+    torch.testing.assert_close(got[-G:], expect[-G:], rtol=1e-10, atol=1e-12)
     if tau == 0.07:
         assert torch.all(got[-G:] < 1e-50)
-    # the other anchors have real negatives (similarities in [−1, 1])
-    assert torch.all(got[:-G] > expect[:-G] + 1e-6)
+    # every other anchor's k kept values are real similarities (>= −1), never −10
+    lower = torch.log1p(k_neg * torch.exp((-1.0 - s) / tau))
+    assert torch.all(got[:-G] >= lower[:-G] * (1 - 1e-12))
 
 
 def test_official_differs_from_per_anchor_topk():

@@ -109,48 +109,53 @@ class _Sinkhorn(torch.autograd.Function):
     (columns sum to b): ``dx_t/dA = dx_t/dy_{t-1} = -P_t / a`` and
     ``dy_t/dA = dy_t/dx_t = -R_t / b``. Within an epoch ``P_t = u~_t K~ v~_{t-1}`` and
     ``R_t = u~_t K~ v~_t``, so every matrix adjoint is ``K~ * (sum of outer products)``: one
-    batched matmul per epoch.
+    batched matmul per epoch. Scalings are column vectors: u~ ``(G, n, 1)``, v~ ``(G, m, 1)``.
     """
 
     @staticmethod
     def forward(ctx, cost: Tensor, eps: float, a: Tensor, b: Tensor, iters: int,
                 tol: float | None) -> Tensor:
-        a3, b3 = a.unsqueeze(2), b.unsqueeze(1)  # (G, n, 1), (G, 1, m)
+        a3, b3 = a.unsqueeze(2), b.unsqueeze(2)  # (G, n, 1), (G, m, 1)
         log_k = cost / -eps  # (G, n, m); -inf where the cost is +inf
         # Iteration 1 in the log domain. P_1 = exp(A + x_1): rows sum to a.
         row_max = log_k.amax(2, keepdim=True)
         p1 = torch.exp(log_k - row_max)
         row_sum = p1.sum(2, keepdim=True)
         p1.mul_(a3 / row_sum)
-        alpha = a3.log() - row_max - row_sum.log()  # x_1
+        alpha = a3.log() - row_max - row_sum.log()  # x_1, (G, n, 1)
         shifted = log_k + alpha
         col_max = shifted.amax(1, keepdim=True)
         kernel = torch.exp(shifted - col_max)  # R_1 after scaling: columns sum to b
-        col_sum = kernel.sum(1, keepdim=True)
-        kernel.mul_(b3 / col_sum)
-        beta = b3.log() - col_max - col_sum.log()  # y_1
+        col_sum = kernel.sum(1, keepdim=True)  # (G, 1, m)
+        beta = b3.log() - (col_max + col_sum.log()).transpose(1, 2)  # y_1, (G, m, 1)
+        kernel.mul_(b3.transpose(1, 2) / col_sum)
         del shifted
 
         threshold = _THRESHOLD.get(cost.dtype, 1e6)
         ones_u, ones_v = torch.ones_like(a3), torch.ones_like(b3)
         u, v = ones_u, ones_v
         kernels = [kernel]
+        kernel_t = kernel.transpose(1, 2)
         # steps[t-1] = (epoch, u~_t, v~_t) in that epoch's scale; iteration 1 is (0, 1, 1).
         steps: list[tuple[int, Tensor, Tensor]] = [(0, u, v)]
         for _ in range(iters - 1):
-            kv = torch.bmm(kernel, v.transpose(1, 2))  # (G, n, 1)
+            kv = torch.bmm(kernel, v)  # (G, n, 1)
             if tol is not None and bool(((u * kv - a3).abs() <= tol).all()):
                 break
             u = a3 / kv
-            v = b3 / torch.bmm(u.transpose(1, 2), kernel)  # (G, 1, m)
+            v = b3 / torch.bmm(kernel_t, u)  # (G, m, 1)
             steps.append((len(kernels) - 1, u, v))
-            if _outside(u, threshold) or _outside(v, threshold):
+            # Only v~ is watched: while v~ stays in range, u~ = a / (K~ v~) is bounded by it and
+            # by the row sums of K~, a valid plan when it was built (see module docs).
+            lo, hi = torch.aminmax(v)
+            if float(hi) > threshold or float(lo) < 1.0 / threshold:
                 alpha = alpha + u.log()
                 beta = beta + v.log()
-                kernel = torch.exp(log_k + alpha + beta)
+                kernel = torch.exp(log_k + alpha + beta.transpose(1, 2))
+                kernel_t = kernel.transpose(1, 2)
                 kernels.append(kernel)
                 u, v = ones_u, ones_v
-        plan = u * kernel * v
+        plan = u * kernel * v.transpose(1, 2)
         # Everything goes through save_for_backward so saved-tensor hooks (offloading, memory
         # accounting) see it; the step structure (epoch of each iteration) is plain metadata.
         ctx.eps, ctx.epochs = eps, [epoch for epoch, _, _ in steps]
@@ -168,8 +173,8 @@ class _Sinkhorn(torch.autograd.Function):
         grad_log_plan = grad_plan * plan  # d/d(log T) = d/d(A + x_T + y_T)
         grad_log_k = grad_log_plan.clone()
         x_bar = grad_log_plan.sum(2, keepdim=True)  # (G, n, 1)
-        y_bar = grad_log_plan.sum(1, keepdim=True)  # (G, 1, m)
-        # Outer-product factors per epoch: grad_log_k -= K~_e * (left_e @ right_e).
+        y_bar = grad_log_plan.sum(1).unsqueeze(2)  # (G, m, 1)
+        # Outer-product factors per epoch: grad_log_k -= K~_e * (left_e @ right_e^T).
         left: list[list[Tensor]] = [[] for _ in kernels]
         right: list[list[Tensor]] = [[] for _ in kernels]
         for t in range(len(steps) - 1, 0, -1):
@@ -179,28 +184,24 @@ class _Sinkhorn(torch.autograd.Function):
                 prev_v = torch.ones_like(v)
             kernel = kernels[epoch]
             # through y_t = log b - LSE_i(A + x_t)
-            vc = v * (y_bar / b3)
+            vc = v * y_bar / b3
             left[epoch].append(u)
             right[epoch].append(vc)
-            x_bar = x_bar - u * torch.bmm(kernel, vc.transpose(1, 2))
-            # through x_t = log a - LSE_j(A + y_{t-1})
-            ud = u * (x_bar / a3)
+            x_bar = x_bar - u * torch.bmm(kernel, vc)
+            # through x_t = log a - LSE_j(A + y_{t-1}); x_{t-1} only feeds y_{t-1}
+            ud = u * x_bar / a3
             left[epoch].append(ud)
             right[epoch].append(prev_v)
-            y_bar = -prev_v * torch.bmm(ud.transpose(1, 2), kernel)
+            y_bar = -prev_v * torch.bmm(kernel.transpose(1, 2), ud)
             x_bar = torch.zeros_like(x_bar)
-        # Iteration 1: R_1 = K~_0 (unit scalings), P_1 = ctx.p1.
+        # Iteration 1: R_1 = K~_0 (unit scalings), P_1 = p1.
         c = y_bar / b3
         left[0].append(torch.ones_like(x_bar))
         right[0].append(c)
-        x_bar = x_bar - torch.bmm(kernels[0], c.transpose(1, 2))
+        x_bar = x_bar - torch.bmm(kernels[0], c)
         grad_log_k -= p1 * (x_bar / a3)
         for kernel, ls, rs in zip(kernels, left, right):
             if ls:
-                grad_log_k -= kernel * torch.bmm(torch.cat(ls, dim=2), torch.cat(rs, dim=1))
+                outer = torch.bmm(torch.cat(ls, dim=2), torch.cat(rs, dim=2).transpose(1, 2))
+                grad_log_k -= kernel * outer
         return grad_log_k / -ctx.eps, None, None, None, None, None
-
-
-def _outside(x: Tensor, threshold: float) -> bool:
-    lo, hi = torch.aminmax(x)
-    return bool((hi > threshold) | (lo < 1.0 / threshold))
