@@ -2,8 +2,9 @@
 
 Setting of the MoNCE/CUT training step: 5 feature layers, each ``(B, 256, 256)`` (256 sampled
 patches of 256 projected channels), queries requiring grad, keys = noisy copies of the queries
-(near-duplicate patches, as real features). All rows are measured in the same run; ratios are
-against ``patch_nce`` of the same batch size and device.
+(near-duplicate patches, as real features), combined with ``multilayer_loss`` as the training
+code does (registry modules stack equal-shaped layers into one call). All rows are measured in
+the same run; ratios are against ``patch_nce`` of the same batch size and device.
 
 The row ``monce (official algorithm)`` is the official MoNCE-CUT computation (plain-domain
 Sinkhorn, 50 iterations unrolled by autograd) as re-implemented by our test oracle
@@ -31,18 +32,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "losses")
 
 from naive import official_monce  # noqa: E402  (test oracle, see module docstring)
 
-from patchcontrast.losses import monce, patch_nce, put, weight_nce  # noqa: E402
+from patchcontrast.losses import build_loss, monce, multilayer_loss  # noqa: E402
 
 LAYERS, PATCHES, CHANNELS = 5, 256, 256
 
 LOSSES = {
-    "patch_nce": patch_nce,
-    "weight_nce (hard)": weight_nce,
-    "put (hardest, k=5)": put,
-    "put (official)": functools.partial(put, selection="official"),
-    "monce (defaults)": monce,
-    "monce (grad_through_plan=False)": functools.partial(monce, grad_through_plan=False),
-    "monce (tol=1e-3)": functools.partial(monce, tol=1e-3),
+    "patch_nce": build_loss("patchnce"),
+    "weight_nce (hard)": build_loss("weightnce"),
+    "put (hardest, k=5)": build_loss("put"),
+    "put (official)": build_loss("put", selection="official"),
+    "monce (defaults)": build_loss("monce"),
+    "monce (grad_through_plan=False)": build_loss("monce", grad_through_plan=False),
+    "monce (tol=1e-3)": build_loss("monce", tol=1e-3),
+    # a plain function is applied layer by layer (no stacking): shows what stacking buys
+    "monce (defaults, per-layer calls)": functools.partial(monce),
     "monce (official algorithm)": functools.partial(official_monce, reduction="mean"),
 }
 
@@ -59,8 +62,7 @@ def features(batch: int, device: str, seed: int = 0) -> tuple[list, list]:
 
 
 def step(loss_fn, qs, ks) -> None:
-    total = sum(loss_fn(q, k) for q, k in zip(qs, ks)) / LAYERS
-    total.backward()
+    multilayer_loss(loss_fn, qs, ks).backward()
     for q in qs:
         q.grad = None
 

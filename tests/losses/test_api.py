@@ -230,3 +230,31 @@ def test_sinkhorn_input_errors():
 @pytest.mark.parametrize("name", sorted(FUNCTIONS))
 def test_repr_shows_hyperparameters(name):
     assert "tau=0.07" in repr(build_loss(name))
+
+
+@pytest.mark.parametrize("name, options", [
+    ("patchnce", {}), ("weightnce", {"weighting": "easy"}), ("monce", {"beta": 0.05}),
+    ("put", {"k_neg": 3}), ("put", {"selection": "official"}), ("monce", {"negatives": "batch"}),
+])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_multilayer_loss_stacked_path_equals_layer_loop(name, options, reduction):
+    module = build_loss(name, reduction=reduction, **options)
+    layers = [features(seed=s) for s in range(3)]
+    weights = [0.5, 0.25, 2.0]
+    qs = [q.clone().requires_grad_() for q, _ in layers]
+    ks = [k for _, k in layers]
+    stacked = multilayer_loss(module, qs, ks, weights)
+    stacked.backward()
+    loop_qs = [q.detach().clone().requires_grad_() for q in qs]
+    loop = sum(w * module(q, k) for w, q, k in zip(weights, loop_qs, ks))
+    loop.backward()
+    torch.testing.assert_close(stacked, loop, rtol=1e-12, atol=0)
+    for a, b in zip(qs, loop_qs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-14)
+
+
+def test_stackable_only_when_images_are_independent():
+    assert build_loss("monce").stackable
+    assert not build_loss("monce", negatives="batch").stackable
+    assert build_loss("put", selection="random").stackable
+    assert not build_loss("put", selection="official").stackable

@@ -4,6 +4,8 @@ Reference values are our own float64 results, whose parity with the official alg
 established in test_monce.py; the official algorithm itself (test oracle) is shown to fail here.
 """
 
+import importlib
+
 import pytest
 import torch
 from naive import clustered_features, official_monce
@@ -80,3 +82,23 @@ def test_half_inputs_are_promoted(realistic, dtype):
     assert out.dtype == torch.float32 and torch.isfinite(out)
     assert q.grad.dtype == dtype and torch.isfinite(q.grad.float()).all()
     torch.testing.assert_close(out, monce(q.detach().float(), k.float(), beta=0.05))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sinkhorn_first_column_step_paths_agree(realistic, monkeypatch, dtype):
+    """The linear-domain shortcut for the first column update equals the log-domain one."""
+    sinkhorn_module = importlib.import_module("patchcontrast.losses.sinkhorn")
+
+    q, k = (x.to(dtype) for x in realistic)
+    results = []
+    for safe_sum in (0.0, float("inf")):  # always the shortcut / always the log domain
+        monkeypatch.setitem(sinkhorn_module._SAFE_SUM, dtype, safe_sum)
+        cost = (-(q @ k.transpose(1, 2))).requires_grad_()
+        plan = sinkhorn(cost, eps=0.05, iters=20)
+        (plan * torch.linspace(0, 1, plan.numel(), dtype=dtype).view_as(plan)).sum().backward()
+        results.append((plan.detach(), cost.grad))
+    # float32: both paths are ~1.5e-4 (of the largest entry) from float64 in the gradient here
+    tol = 1e-3 if dtype == torch.float32 else 1e-12
+    for fast, log_domain in zip(results[0], results[1]):  # plan, then gradient
+        scale = log_domain.abs().max().item()
+        torch.testing.assert_close(fast, log_domain, rtol=tol, atol=tol * scale)

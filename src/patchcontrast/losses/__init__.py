@@ -46,7 +46,12 @@ def multilayer_loss(
 
     ``weights=None`` averages the layers (``w_l = 1/L``), as CUT does over its 5 encoder taps;
     pass e.g. ``(1/32, 1/16, 1/8, 1/4, 1)`` for SPADE's VGG layer weights. ``loss`` must return
-    a scalar per layer (a loss module with reduction ``"mean"``, or a ``functools.partial``).
+    a scalar per layer (a loss module with reduction ``"mean"``/``"sum"``, or a partial).
+
+    When ``loss`` is a registry module whose images are independent problems (negatives from the
+    same image) and all layers have the same shape — CUT's projected features are all
+    ``(B, 256, 256)`` — the layers are stacked along the batch and computed in one call: the same
+    numbers, but one batched Sinkhorn for all layers instead of L sequential ones.
     """
     if len(qs) != len(ks) or not qs:
         raise ValueError(f"need the same non-zero number of query and key layers; "
@@ -55,6 +60,13 @@ def multilayer_loss(
         weights = [1.0 / len(qs)] * len(qs)
     elif len(weights) != len(qs):
         raise ValueError(f"weights has {len(weights)} entries for {len(qs)} layers")
+    stackable = (isinstance(loss, PatchNCELoss) and loss.stackable and loss.reduction != "none"
+                 and len({(x.shape, x.dtype, x.device) for x in (*qs, *ks)}) == 1)
+    if stackable and len(qs) > 1:
+        per_anchor = loss.per_anchor(torch.cat(tuple(qs)), torch.cat(tuple(ks)))  # (L*B, N)
+        per_anchor = per_anchor.reshape(len(qs), -1)
+        per_layer = per_anchor.mean(1) if loss.reduction == "mean" else per_anchor.sum(1)
+        return (per_layer * per_layer.new_tensor(list(weights))).sum()
     terms = [w * loss(q, k) for w, q, k in zip(weights, qs, ks)]
     if any(t.dim() != 0 for t in terms):
         raise ValueError("multilayer_loss needs a loss that returns a scalar per layer "

@@ -22,7 +22,7 @@ from ._common import (
     reduce,
 )
 from .nce import PatchNCELoss, _check_common, _check_weighting, _similarities, _upstream_diagonal
-from .sinkhorn import sinkhorn
+from .sinkhorn import solve
 
 Diagonal = Literal["upstream", "exclude"]
 DIAGONALS = ("upstream", "exclude")
@@ -98,7 +98,8 @@ def monce(
     s, eye = _similarities(q, k, negatives)
     cost = monce_cost(s if grad_through_plan else s.detach(), weighting=weighting,
                       diagonal=diagonal)
-    plan = sinkhorn(cost, eps=beta, iters=iters, tol=tol)  # (G, n, n)
+    ones = torch.ones(s.shape[:2], dtype=s.dtype, device=s.device)  # unit marginals, (G, n)
+    plan = solve(cost, eps=float(beta), a=ones, b=ones, iters=iters, tol=tol)  # (G, n, n)
     log_f = torch.log(plan * (Q * (n - 1)) + WEIGHT_FLOOR)
     weighted = _upstream_diagonal(s + tau * log_f, eye)
     loss = contrastive_loss(s.diagonal(dim1=1, dim2=2) / tau, weighted / tau)
@@ -107,6 +108,8 @@ def monce(
 
 class MoNCELoss(PatchNCELoss):
     """Module form of :func:`monce`."""
+
+    fn = staticmethod(monce)
 
     def __init__(self, *, tau: float = 0.07, weighting: Weighting = "hard", beta: float = 0.1,
                  Q: float = 1.0, iters: int = 50, tol: float | None = None,
@@ -118,16 +121,5 @@ class MoNCELoss(PatchNCELoss):
         if tol is not None:
             check_positive("tol", tol)
         check_choice("diagonal", diagonal, DIAGONALS)
-        self.weighting, self.beta, self.Q = weighting, beta, Q
-        self.iters, self.tol, self.grad_through_plan, self.diagonal = (
-            iters, tol, grad_through_plan, diagonal)
-
-    def forward(self, q: Tensor, k: Tensor) -> Tensor:
-        return monce(q, k, tau=self.tau, weighting=self.weighting, beta=self.beta, Q=self.Q,
-                     iters=self.iters, tol=self.tol, grad_through_plan=self.grad_through_plan,
-                     diagonal=self.diagonal, negatives=self.negatives, reduction=self.reduction)
-
-    def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, weighting={self.weighting!r}, beta={self.beta}, "
-                f"Q={self.Q}, iters={self.iters}, tol={self.tol}, "
-                f"grad_through_plan={self.grad_through_plan}, diagonal={self.diagonal!r}")
+        self.options.update(weighting=weighting, beta=beta, Q=Q, iters=iters, tol=tol,
+                            grad_through_plan=grad_through_plan, diagonal=diagonal)

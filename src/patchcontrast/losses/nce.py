@@ -200,7 +200,13 @@ def _check_weighting(weighting: str, beta: float, Q: float) -> None:
 
 
 class PatchNCELoss(nn.Module):
-    """Module form of :func:`patch_nce`; stores the hyper-parameters only."""
+    """Module form of :func:`patch_nce`; it only stores (validated) hyper-parameters.
+
+    Subclasses set ``fn`` and add their options; ``forward`` applies ``fn`` with the stored
+    reduction and ``per_anchor`` with ``reduction="none"`` (``(B, N)``).
+    """
+
+    fn = staticmethod(patch_nce)
 
     def __init__(self, *, tau: float = 0.07, negatives: Negatives = "image",
                  reduction: Reduction = "mean") -> None:
@@ -208,37 +214,44 @@ class PatchNCELoss(nn.Module):
         check_positive("tau", tau)
         check_choice("negatives", negatives, NEGATIVES)
         check_choice("reduction", reduction, REDUCTIONS)
-        self.tau, self.negatives, self.reduction = tau, negatives, reduction
+        self.reduction = reduction
+        self.options: dict = {"tau": tau, "negatives": negatives}
 
     def forward(self, q: Tensor, k: Tensor) -> Tensor:
-        return patch_nce(q, k, tau=self.tau, negatives=self.negatives, reduction=self.reduction)
+        return self.fn(q, k, **self.options, reduction=self.reduction)
+
+    def per_anchor(self, q: Tensor, k: Tensor) -> Tensor:
+        return self.fn(q, k, **self.options, reduction="none")
+
+    @property
+    def stackable(self) -> bool:
+        """Whether images are independent problems, so layers of equal shape can be stacked
+        along the batch dimension and computed in one call (see ``multilayer_loss``)."""
+        return self.options["negatives"] == "image"
 
     def extra_repr(self) -> str:
-        return f"tau={self.tau}, negatives={self.negatives!r}"
+        options = {**self.options, "reduction": self.reduction}
+        return ", ".join(f"{key}={value!r}" for key, value in options.items()
+                         if key != "generator")
 
 
 class WeightNCELoss(PatchNCELoss):
     """Module form of :func:`weight_nce`."""
+
+    fn = staticmethod(weight_nce)
 
     def __init__(self, *, tau: float = 0.07, weighting: Weighting = "hard", beta: float = 0.1,
                  Q: float = 1.0, detach_weights: bool = False, negatives: Negatives = "image",
                  reduction: Reduction = "mean") -> None:
         super().__init__(tau=tau, negatives=negatives, reduction=reduction)
         _check_weighting(weighting, beta, Q)
-        self.weighting, self.beta, self.Q, self.detach_weights = weighting, beta, Q, detach_weights
-
-    def forward(self, q: Tensor, k: Tensor) -> Tensor:
-        return weight_nce(q, k, tau=self.tau, weighting=self.weighting, beta=self.beta, Q=self.Q,
-                          detach_weights=self.detach_weights, negatives=self.negatives,
-                          reduction=self.reduction)
-
-    def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, weighting={self.weighting!r}, beta={self.beta}, "
-                f"Q={self.Q}, detach_weights={self.detach_weights}")
+        self.options.update(weighting=weighting, beta=beta, Q=Q, detach_weights=detach_weights)
 
 
 class PUTLoss(PatchNCELoss):
     """Module form of :func:`put`. ``generator`` seeds the ``"random"`` selection."""
+
+    fn = staticmethod(put)
 
     def __init__(self, *, tau: float = 0.07, k_neg: int = 5, selection: Selection = "hardest",
                  negatives: Negatives = "image", generator: torch.Generator | None = None,
@@ -246,11 +259,9 @@ class PUTLoss(PatchNCELoss):
         super().__init__(tau=tau, negatives=negatives, reduction=reduction)
         check_int("k_neg", k_neg, low=1)
         check_choice("selection", selection, SELECTIONS)
-        self.k_neg, self.selection, self.generator = k_neg, selection, generator
+        self.options.update(k_neg=k_neg, selection=selection, generator=generator)
 
-    def forward(self, q: Tensor, k: Tensor) -> Tensor:
-        return put(q, k, tau=self.tau, k_neg=self.k_neg, selection=self.selection,
-                   negatives=self.negatives, generator=self.generator, reduction=self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, k_neg={self.k_neg}, selection={self.selection!r}"
+    @property
+    def stackable(self) -> bool:
+        # the official column sort runs across every anchor of the call
+        return super().stackable and self.options["selection"] != "official"
