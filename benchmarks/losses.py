@@ -43,7 +43,7 @@ LOSSES = {
     "put (official)": build_loss("put", selection="official"),
     "monce (defaults)": build_loss("monce"),
     "monce (grad_through_plan=False)": build_loss("monce", grad_through_plan=False),
-    "monce (tol=1e-3)": build_loss("monce", tol=1e-3),
+    "monce (tol=None: always 50 iterations)": build_loss("monce", tol=None),
     # a plain function is applied layer by layer (no stacking): shows what stacking buys
     "monce (defaults, per-layer calls)": functools.partial(monce),
     "monce (official algorithm)": functools.partial(official_monce, reduction="mean"),
@@ -67,19 +67,23 @@ def step(loss_fn, qs, ks) -> None:
         q.grad = None
 
 
-def time_it(loss_fn, qs, ks, repeats: int, device: str) -> float:
-    """Median wall time of one forward+backward over the 5 layers, in ms."""
+def time_all(losses: dict, qs, ks, repeats: int, device: str) -> dict[str, float]:
+    """Median wall time (ms) of one forward+backward over the 5 layers, per loss.
+
+    The losses are timed round-robin (one step of each per round) so that machine-speed drift
+    during the run affects every row alike and the ratios stay comparable.
+    """
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    for _ in range(2):
-        step(loss_fn, qs, ks)
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        step(loss_fn, qs, ks)
-        sync()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    times: dict[str, list[float]] = {label: [] for label in losses}
+    for round_ in range(repeats + 2):
+        for label, fn in losses.items():
+            sync()
+            start = time.perf_counter()
+            step(fn, qs, ks)
+            sync()
+            if round_ >= 2:  # two warm-up rounds
+                times[label].append(time.perf_counter() - start)
+    return {label: 1e3 * statistics.median(t) for label, t in times.items()}
 
 
 def peak_memory(loss_fn, qs, ks, device: str) -> float:
@@ -107,7 +111,7 @@ def peak_memory(loss_fn, qs, ks, device: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=15)
     default_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     parser.add_argument("--device", nargs="+", default=default_devices)
     args = parser.parse_args()
@@ -122,9 +126,10 @@ def main() -> None:
             print(f"| {'loss':34s} | {'time ms':>8s} | {'x patch_nce':>11s} | {'peak MiB':>8s} "
                   f"| {'x patch_nce':>11s} |")
             print(f"|{'-' * 36}|{'-' * 10}|{'-' * 13}|{'-' * 10}|{'-' * 13}|")
+            times = time_all(LOSSES, qs, ks, args.repeats, device)
             base_t = base_m = None
             for label, fn in LOSSES.items():
-                t = time_it(fn, qs, ks, args.repeats, device)
+                t = times[label]
                 m = peak_memory(fn, qs, ks, device)
                 base_t, base_m = base_t or t, base_m or m
                 print(f"| {label:34s} | {t:8.2f} | {t / base_t:11.2f} | {m:8.1f} "

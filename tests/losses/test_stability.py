@@ -102,3 +102,16 @@ def test_sinkhorn_first_column_step_paths_agree(realistic, monkeypatch, dtype):
     for fast, log_domain in zip(results[0], results[1]):  # plan, then gradient
         scale = log_domain.abs().max().item()
         torch.testing.assert_close(fast, log_domain, rtol=tol, atol=tol * scale)
+
+
+@pytest.mark.parametrize("weighting", ["hard", "easy"])
+@pytest.mark.parametrize("beta", [0.1, 1.0])
+def test_monce_tol_none_runs_the_official_iterations_exactly(weighting, beta):
+    q, k = clustered_features(2, 32, 16, seed=5)
+    x, y = q.clone().requires_grad_(), q.clone().requires_grad_()
+    ours = monce(x, k, weighting=weighting, beta=beta, tol=None, reduction="none")
+    official = official_monce(y, k, weighting=weighting, beta=beta)
+    torch.testing.assert_close(ours, official, rtol=1e-10, atol=1e-14)
+    ours.sum().backward()
+    official.sum().backward()
+    torch.testing.assert_close(x.grad, y.grad, rtol=1e-10, atol=1e-13)

@@ -158,12 +158,12 @@ class _Sinkhorn(torch.autograd.Function):
         u, v = ones_u, ones_v
         kernels = [kernel]
         kernel_t = kernel.transpose(1, 2)
+        kv = torch.bmm(v, kernel_t)  # (K~ v~)^T, (G, 1, n): the next u-update's denominator
         # steps[t-1] = (epoch, u~_t, v~_t) in that epoch's scale; iteration 1 is (0, 1, 1).
         steps: list[tuple[int, Tensor, Tensor]] = [(0, u, v)]
-        for _ in range(iters - 1):
-            kv = torch.bmm(v, kernel_t)  # (K~ v~)^T, (G, 1, n)
-            if tol is not None and bool(((u * kv - a_row).abs() <= tol).all()):
-                break
+        for t in range(2, iters + 1):
+            if tol is not None and float((u * kv - a_row).abs().amax()) <= tol:
+                break  # row sums u~ * (K~ v~) already match a: converged
             u = a_row / kv
             v = b_row / torch.bmm(u, kernel)  # (G, 1, m)
             steps.append((len(kernels) - 1, u, v))
@@ -177,6 +177,8 @@ class _Sinkhorn(torch.autograd.Function):
                 kernel_t = kernel.transpose(1, 2)
                 kernels.append(kernel)
                 u, v = ones_u, ones_v
+            if t < iters:
+                kv = torch.bmm(v, kernel_t)
         plan = u.transpose(1, 2) * kernel * v
         # Everything goes through save_for_backward so saved-tensor hooks (offloading, memory
         # accounting) see it; the step structure (epoch of each iteration) is plain metadata.
