@@ -15,6 +15,11 @@ from .monce import MoNCELoss, monce, monce_cost
 from .nce import PatchNCELoss, PUTLoss, WeightNCELoss, patch_nce, put, weight_nce
 from .sinkhorn import sinkhorn
 
+# On CPU, layers are stacked into one call only up to this many bytes of (G, n, n) matrices:
+# the Sinkhorn matrix-vector products are memory-bound, and past the cache-sized working set a
+# bigger batch costs more than the per-call overhead it saves. Accelerators stack everything.
+CPU_STACK_BYTES = 2**20
+
 # Name -> Module class; a user picks a loss by name and passes its hyper-parameters as kwargs.
 CONTRASTIVE_LOSSES: dict[str, type[nn.Module]] = {
     "patchnce": PatchNCELoss,
@@ -50,8 +55,9 @@ def multilayer_loss(
 
     When ``loss`` is a registry module whose images are independent problems (negatives from the
     same image) and all layers have the same shape — CUT's projected features are all
-    ``(B, 256, 256)`` — the layers are stacked along the batch and computed in one call: the same
-    numbers, but one batched Sinkhorn for all layers instead of L sequential ones.
+    ``(B, 256, 256)`` — the layers are stacked along the batch and computed in one call (on CPU
+    in cache-sized chunks, see ``CPU_STACK_BYTES``): the same numbers, but one batched Sinkhorn
+    for several layers instead of L sequential ones.
     """
     if len(qs) != len(ks) or not qs:
         raise ValueError(f"need the same non-zero number of query and key layers; "
@@ -63,10 +69,18 @@ def multilayer_loss(
     stackable = (isinstance(loss, PatchNCELoss) and loss.stackable and loss.reduction != "none"
                  and len({(x.shape, x.dtype, x.device) for x in (*qs, *ks)}) == 1)
     if stackable and len(qs) > 1:
-        per_anchor = loss.per_anchor(torch.cat(tuple(qs)), torch.cat(tuple(ks)))  # (L*B, N)
-        per_anchor = per_anchor.reshape(len(qs), -1)
-        per_layer = per_anchor.mean(1) if loss.reduction == "mean" else per_anchor.sum(1)
-        return (per_layer * per_layer.new_tensor(list(weights))).sum()
+        b, n = qs[0].shape[:2]
+        chunk = len(qs)
+        if qs[0].device.type == "cpu":
+            chunk = max(1, CPU_STACK_BYTES // (b * n * n * qs[0].element_size()))
+        per_layer = []
+        for start in range(0, len(qs), chunk):
+            stop = min(start + chunk, len(qs))
+            per_anchor = loss.per_anchor(torch.cat(tuple(qs[start:stop])),
+                                         torch.cat(tuple(ks[start:stop])))  # (layers*B, N)
+            per_anchor = per_anchor.reshape(stop - start, -1)
+            per_layer.append(per_anchor.mean(1) if loss.reduction == "mean" else per_anchor.sum(1))
+        return (torch.cat(per_layer) * per_anchor.new_tensor(list(weights))).sum()
     terms = [w * loss(q, k) for w, q, k in zip(weights, qs, ks)]
     if any(t.dim() != 0 for t in terms):
         raise ValueError("multilayer_loss needs a loss that returns a scalar per layer "
