@@ -123,16 +123,16 @@ def main() -> None:
         for batch in args.batch:
             qs, ks = features(batch, device)
             print(f"\n{name}, B = {batch}")
-            print(f"| {'loss':34s} | {'time ms':>8s} | {'x patch_nce':>11s} | {'peak MiB':>8s} "
+            print(f"| {'loss':40s} | {'time ms':>8s} | {'x patch_nce':>11s} | {'peak MiB':>8s} "
                   f"| {'x patch_nce':>11s} |")
-            print(f"|{'-' * 36}|{'-' * 10}|{'-' * 13}|{'-' * 10}|{'-' * 13}|")
+            print(f"|{'-' * 42}|{'-' * 10}|{'-' * 13}|{'-' * 10}|{'-' * 13}|")
             times = time_all(LOSSES, qs, ks, args.repeats, device)
             base_t = base_m = None
             for label, fn in LOSSES.items():
                 t = times[label]
                 m = peak_memory(fn, qs, ks, device)
                 base_t, base_m = base_t or t, base_m or m
-                print(f"| {label:34s} | {t:8.2f} | {t / base_t:11.2f} | {m:8.1f} "
+                print(f"| {label:40s} | {t:8.2f} | {t / base_t:11.2f} | {m:8.1f} "
                       f"| {m / base_m:11.2f} |")
 
 
