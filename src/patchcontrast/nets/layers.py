@@ -1,0 +1,139 @@
+"""Building blocks shared by the CUT-family networks: anti-aliased resampling, the residual block
+and the weight initialisation (METHODS.md §2.1, §2.7).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+InitKind = Literal["normal", "xavier", "kaiming", "orthogonal"]
+INIT_KINDS = ("normal", "xavier", "kaiming", "orthogonal")
+
+# Layers whose weights init_weights draws (and whose biases it zeroes); CUT matches every class
+# whose name contains "Conv" or "Linear", which includes the transposed convolutions.
+_WEIGHTED = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d,
+    nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    nn.Linear,
+)
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _depthwise_filter(taps: list[float], channels: int, total: float) -> Tensor:
+    """Separable filter ``outer(taps, taps)`` scaled to sum to ``total``, as ``(C, 1, k, k)``."""
+    t = torch.tensor(taps, dtype=torch.float32)
+    kernel = torch.outer(t, t)
+    kernel = kernel * (total / kernel.sum())
+    return kernel.expand(channels, 1, -1, -1).contiguous()
+
+
+class BlurPool(nn.Module):
+    """Anti-aliased 2x down-sampling: reflect-pad 1, fixed ``[1,2,1]⊗[1,2,1] / 16`` blur, stride 2.
+
+    ``(B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2))``. The filter has no parameters; it is a
+    non-persistent buffer, so it follows ``.to()`` but stays out of the state dict.
+    Source: CUT ``Downsample`` (Zhang 2019, "Making CNNs shift-invariant"), METHODS.md §2.1.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.register_buffer("kernel", _depthwise_filter([1, 2, 1], channels, 1.0),
+                             persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        return F.conv2d(x, self.kernel, stride=2, groups=self.channels)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"
+
+
+class BlurUpsample(nn.Module):
+    """Anti-aliased 2x up-sampling with the fixed ``[1,3,3,1]⊗[1,3,3,1]`` filter (sum 4).
+
+    ``(B, C, H, W) -> (B, C, 2H, 2W)``. The spec's recipe is: replicate-pad 1, depthwise
+    transposed convolution with stride 2 and padding 2, then crop 1 px on every side. A
+    transposed convolution's padding *is* a crop of its full output, so the two crops are folded
+    into ``padding=3``; every kept output pixel then receives exactly two taps per axis (1+3 or
+    3+1, times 1/4 each), which is why a constant image maps to the same constant.
+    Source: CUT ``Upsample``, METHODS.md §2.1.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        # the filter sums to 4 = stride**2: each input pixel spreads over 4 output pixels
+        self.register_buffer("kernel", _depthwise_filter([1, 3, 3, 1], channels, 4.0),
+                             persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.pad(x, (1, 1, 1, 1), mode="replicate")  # (B, C, H+2, W+2)
+        # full transposed output is 2(H+2)+2; cropping 3 px per side leaves 2H
+        return F.conv_transpose2d(x, self.kernel, stride=2, padding=3, groups=self.channels)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"
+
+
+class ResnetBlock(nn.Module):
+    """Residual block ``x + block(x)`` with no activation after the sum.
+
+    ``block`` = reflect-pad 1, conv 3x3, InstanceNorm, ReLU, (Dropout 0.5), reflect-pad 1,
+    conv 3x3, InstanceNorm. Shape-preserving: ``(B, C, H, W) -> (B, C, H, W)``.
+    Source: CUT ``ResnetBlock``, METHODS.md §2.1.
+    """
+
+    def __init__(self, channels: int, dropout: bool = False) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, kernel_size=3, bias=True),
+            nn.InstanceNorm2d(channels),
+            nn.ReLU(inplace=True),
+        ]
+        if dropout:
+            layers.append(nn.Dropout(0.5))
+        layers += [
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, kernel_size=3, bias=True),
+            nn.InstanceNorm2d(channels),
+        ]
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.block(x)
+
+
+@torch.no_grad()
+def init_weights(module: nn.Module, kind: InitKind = "xavier", gain: float = 0.02) -> nn.Module:
+    """Initialise every Conv/ConvTranspose/Linear weight of ``module`` in place; biases to 0.
+
+    ``kind``: ``"xavier"`` (xavier-normal with ``gain``, the CUT-family default),
+    ``"normal"`` (N(0, gain), CycleGAN), ``"kaiming"`` (kaiming-normal, fan-in, ``gain`` unused)
+    or ``"orthogonal"`` (with ``gain``). BatchNorm weights are drawn from N(1, gain), biases 0.
+    Fixed filters (buffers) are left alone. Returns ``module`` for chaining.
+    Source: CUT ``init_weights``, METHODS.md §2.7.
+    """
+    if kind not in INIT_KINDS:
+        raise ValueError(f"unknown init kind {kind!r}; choose one of {', '.join(INIT_KINDS)}")
+    for m in module.modules():
+        if isinstance(m, _WEIGHTED):
+            if kind == "xavier":
+                nn.init.xavier_normal_(m.weight, gain=gain)
+            elif kind == "normal":
+                nn.init.normal_(m.weight, 0.0, gain)
+            elif kind == "kaiming":
+                nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
+            else:
+                nn.init.orthogonal_(m.weight, gain=gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, _BATCH_NORMS) and m.affine:
+            nn.init.normal_(m.weight, 1.0, gain)
+            nn.init.zeros_(m.bias)
+    return module

@@ -1,0 +1,172 @@
+"""CUT's ResNet generator; its first layers double as the PatchNCE encoder (METHODS.md §1.1, §2.1).
+
+Layer indices of the default (anti-aliased) ``resnet_9blocks`` sequence, 256x256 input::
+
+    idx    layer                                          output
+    0      ReflectionPad(3)                               3 x 262 x 262
+    1-3    conv 7x7 3->64, IN, ReLU                       64 x 256 x 256
+    4-7    conv 3x3 64->128, IN, ReLU, BlurPool           128 x 128 x 128
+    8-11   conv 3x3 128->256, IN, ReLU, BlurPool          256 x 64 x 64
+    12-20  9 ResnetBlocks                                 256 x 64 x 64
+    21-24  BlurUpsample, conv 3x3 256->128, IN, ReLU      128 x 128 x 128
+    25-28  BlurUpsample, conv 3x3 128->64, IN, ReLU       64 x 256 x 256
+    29-31  ReflectionPad(3), conv 7x7 64->3, Tanh         3 x 256 x 256
+
+The CUT taps ``(0, 4, 8, 12, 16)`` are the padded image, the two pre-norm down-sampling convs and
+the outputs of residual blocks 1 and 5. ``antialias=False`` turns each [conv, IN, ReLU, BlurPool]
+into [stride-2 conv, IN, ReLU] and ``antialias_up=False`` each [BlurUpsample, conv, IN, ReLU]
+into [transposed conv, IN, ReLU]; both shorten the sequence and so move the indices.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from .layers import BlurPool, BlurUpsample, ResnetBlock, init_weights
+
+CUT_LAYERS = (0, 4, 8, 12, 16)
+
+
+class ResnetGenerator(nn.Module):
+    """CUT ResnetGenerator (``netG=resnet_9blocks``), METHODS.md §2.1.
+
+    ``(B, input_nc, H, W) -> (B, output_nc, H, W)`` in ``[-1, 1]``, H and W multiples of 4.
+    InstanceNorm without affine parameters, so every conv has a bias; reflection padding.
+    Weights are initialised with :func:`init_weights` (xavier-normal, gain 0.02) as in CUT; call
+    it again on the module for another scheme. ``self.net`` is the flat layer sequence whose
+    indices :meth:`encode` takes.
+
+    Args:
+        input_nc, output_nc: image channels in and out.
+        ngf: channels of the first conv (doubled by each of the two down-samplings).
+        n_blocks: residual blocks at the bottleneck (9 for ``resnet_9blocks``, 6 for
+            ``resnet_6blocks``).
+        antialias: BlurPool down-sampling (default) instead of stride-2 convs.
+        antialias_up: fixed-filter up-sampling + conv (default) instead of transposed convs.
+        dropout: Dropout(0.5) inside the residual blocks (off in CUT).
+    """
+
+    def __init__(
+        self,
+        input_nc: int = 3,
+        output_nc: int = 3,
+        ngf: int = 64,
+        n_blocks: int = 9,
+        antialias: bool = True,
+        antialias_up: bool = True,
+        dropout: bool = False,
+    ) -> None:
+        super().__init__()
+        if n_blocks < 0:
+            raise ValueError(f"n_blocks must be >= 0, got {n_blocks}")
+        self.input_nc = input_nc
+        # ReLUs are not in-place here: an in-place ReLU would overwrite a tapped IN output (e.g.
+        # index 8 without anti-aliasing) after it was collected, as happens upstream.
+        layers: list[nn.Module] = []
+        # output channels of every entry of `layers`, so tap_channels needs no forward pass
+        channels: list[int] = []
+
+        def add(*new: nn.Module, out: int) -> None:
+            layers.extend(new)
+            channels.extend([out] * len(new))
+
+        add(nn.ReflectionPad2d(3), out=input_nc)
+        add(nn.Conv2d(input_nc, ngf, kernel_size=7), nn.InstanceNorm2d(ngf), nn.ReLU(),
+            out=ngf)
+        c = ngf
+        for _ in range(2):  # two 2x down-samplings: ngf -> 2 ngf -> 4 ngf channels
+            if antialias:
+                add(nn.Conv2d(c, 2 * c, kernel_size=3, padding=1), nn.InstanceNorm2d(2 * c),
+                    nn.ReLU(), BlurPool(2 * c), out=2 * c)
+            else:
+                add(nn.Conv2d(c, 2 * c, kernel_size=3, stride=2, padding=1),
+                    nn.InstanceNorm2d(2 * c), nn.ReLU(), out=2 * c)
+            c *= 2
+        add(*(ResnetBlock(c, dropout) for _ in range(n_blocks)), out=c)
+        for _ in range(2):  # two 2x up-samplings back to ngf channels
+            if antialias_up:
+                add(BlurUpsample(c), out=c)
+                add(nn.Conv2d(c, c // 2, kernel_size=3, padding=1), nn.InstanceNorm2d(c // 2),
+                    nn.ReLU(), out=c // 2)
+            else:
+                add(nn.ConvTranspose2d(c, c // 2, kernel_size=3, stride=2, padding=1,
+                                       output_padding=1),
+                    nn.InstanceNorm2d(c // 2), nn.ReLU(), out=c // 2)
+            c //= 2
+        add(nn.ReflectionPad2d(3), out=c)
+        add(nn.Conv2d(c, output_nc, kernel_size=7), nn.Tanh(), out=output_nc)
+
+        self.net = nn.Sequential(*layers)
+        self._channels = tuple(channels)
+        init_weights(self, "xavier", 0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Translate ``(B, input_nc, H, W) -> (B, output_nc, H, W)``."""
+        self._check_input(x)
+        return self.net(x)
+
+    def encode(self, x: Tensor, layers: Sequence[int] = CUT_LAYERS) -> list[Tensor]:
+        """Outputs of the sequence entries ``layers`` (in the order given) for image ``x``.
+
+        The pass stops after the deepest requested entry, so encoding costs only the encoder
+        part. For the default layers and a ``(B, 3, H, W)`` input the taps are
+        ``(B, 3, H+6, W+6)``, ``(B, 128, H, W)``, ``(B, 256, H/2, W/2)`` and twice
+        ``(B, 256, H/4, W/4)``. ``layers`` is not modified. CUT ``encode_only``, METHODS.md §1.1.
+        """
+        self._check_input(x)
+        wanted = self._check_layers(layers)
+        _, feats = self._run(x, wanted, stop=max(wanted))
+        return feats
+
+    def forward_with_features(
+        self, x: Tensor, layers: Sequence[int] = CUT_LAYERS
+    ) -> tuple[Tensor, list[Tensor]]:
+        """One pass returning ``(forward(x), encode(x, layers))`` with identical values.
+
+        Lets the training step take the source image's NCE keys from the translation pass instead
+        of encoding it a second time (METHODS.md §5.1; only valid without flip equivariance).
+        """
+        self._check_input(x)
+        wanted = self._check_layers(layers)
+        return self._run(x, wanted, stop=len(self.net) - 1)
+
+    def tap_channels(self, layers: Sequence[int] = CUT_LAYERS) -> list[int]:
+        """Channel counts of :meth:`encode`'s outputs, read from the layer list (no forward)."""
+        return [self._channels[i] for i in self._check_layers(layers)]
+
+    def _run(self, x: Tensor, wanted: tuple[int, ...], stop: int) -> tuple[Tensor, list[Tensor]]:
+        """Run entries ``0..stop``; return the last output and the outputs of ``wanted``."""
+        taps: dict[int, Tensor] = {}
+        for i, layer in enumerate(self.net):
+            x = layer(x)
+            if i in wanted:
+                taps[i] = x
+            if i == stop:
+                break
+        return x, [taps[i] for i in wanted]
+
+    def _check_layers(self, layers: Sequence[int]) -> tuple[int, ...]:
+        n = len(self.net)
+        if isinstance(layers, int) or not isinstance(layers, Sequence) or len(layers) == 0:
+            raise ValueError(f"layers must be a non-empty sequence of indices, got {layers!r}")
+        try:
+            wanted = tuple(operator.index(i) for i in layers)
+        except TypeError:
+            raise ValueError(f"layer indices must be integers, got {layers!r}") from None
+        bad = [i for i in wanted if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"layer index {bad[0]} out of range: this generator's sequence has "
+                             f"{n} entries (valid indices 0..{n - 1})")
+        return wanted
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.input_nc:
+            raise ValueError(f"ResnetGenerator expects (B, {self.input_nc}, H, W) images, "
+                             f"got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if h % 4 or w % 4:
+            raise ValueError(f"ResnetGenerator needs height and width divisible by 4 (two 2x "
+                             f"down- and up-samplings), got {h}x{w}")
