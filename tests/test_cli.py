@@ -59,3 +59,18 @@ def test_unknown_loss_is_rejected_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--losses", "infonce"])
     assert "invalid choice: 'infonce'" in capsys.readouterr().err
+
+
+def test_download_offline_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["download", "horse2zebra", "--root", str(tmp_path), "--url",
+              "http://127.0.0.1:9/horse2zebra.zip"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "cannot reach" in err and "Traceback" not in err
+
+
+def test_download_help_lists_datasets(capsys):
+    with pytest.raises(SystemExit):
+        main(["download", "--help"])
+    assert "horse2zebra" in capsys.readouterr().out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .data.download import DATASETS, DownloadError, download_dataset
 from .demo import DemoConfig, run_demo
 from .losses import CONTRASTIVE_LOSSES
 
@@ -29,6 +30,21 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="folder for config.json and results.json")
 
 
+def _download_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "download",
+        help="download a standard CycleGAN/CUT/pix2pix dataset",
+        description="Download, verify and extract a standard dataset into ROOT/NAME. Interrupted "
+        "downloads resume where they stopped when the same command is run again.",
+        epilog="datasets: " + ", ".join(DATASETS),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("name", metavar="NAME", help="dataset name (list below)")
+    p.add_argument("--root", default="datasets", help="folder that receives ROOT/NAME")
+    p.add_argument("--url", default=None, help="download from this address instead (a mirror)")
+    p.add_argument("--keep-archive", action="store_true", help="keep the archive after extracting")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="patchcontrast",
@@ -37,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _demo_parser(sub)
+    _download_parser(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -44,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
                              patches=args.patches, channels=args.channels, seed=args.seed,
                              out=args.out)
             run_demo(cfg)
-    except ValueError as err:
+        elif args.command == "download":
+            result = download_dataset(args.name, args.root, url=args.url,
+                                      keep_archive=args.keep_archive)
+            print(f"{args.name}: ready in {result.folder}")
+    except (ValueError, DownloadError) as err:
         parser.exit(2, f"patchcontrast {args.command}: error: {err}\n")
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
