@@ -18,14 +18,14 @@ def test_help_lists_commands():
 
 def test_demo_help_explains_options(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["demo", "--help"])
+        main(["loss-demo", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--losses" in out and "retrieval accuracy" in out
 
 
 def test_demo_learns_and_writes_results(tmp_path, capsys):
-    assert main(["demo", "--steps", "40", "--losses", "patchnce", "monce", "--patches", "64",
+    assert main(["loss-demo", "--steps", "40", "--losses", "patchnce", "monce", "--patches", "64",
                  "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     config = json.loads((tmp_path / "config.json").read_text())
@@ -44,8 +44,8 @@ def test_demo_is_deterministic():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["demo", "--steps", "0"], "steps must be >= 1"),
-    (["demo", "--patches", "1"], "patches must be >= 2"),
+    (["loss-demo", "--steps", "0"], "steps must be >= 1"),
+    (["loss-demo", "--patches", "1"], "patches must be >= 2"),
 ])
 def test_demo_bad_input_is_a_clear_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -57,7 +57,7 @@ def test_demo_bad_input_is_a_clear_error(argv, message, capsys):
 
 def test_unknown_loss_is_rejected_by_the_parser(capsys):
     with pytest.raises(SystemExit):
-        main(["demo", "--losses", "infonce"])
+        main(["loss-demo", "--losses", "infonce"])
     assert "invalid choice: 'infonce'" in capsys.readouterr().err
 
 

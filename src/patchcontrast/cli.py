@@ -3,22 +3,79 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
+from .config import PRESETS, SCALES, replace, resolve_config
 from .data.download import DATASETS, DownloadError, download_dataset
 from .demo import DemoConfig, run_demo
 from .losses import CONTRASTIVE_LOSSES
 
+Formatter = argparse.ArgumentDefaultsHelpFormatter
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train an unpaired translation model (CUT family)", formatter_class=Formatter,
+        description="Train CUT / FastCUT with PatchNCE, WeightNCE, MoNCE or PUT (or the GAN-only "
+        "and cycle baselines). With no arguments: CUT + MoNCE on the built-in generated dataset "
+        "at 64 px with a CPU-sized model (a few minutes on 2 cores). The resolved config is "
+        "printed and saved as RUN_DIR/config.json; checkpoints, stats.jsonl, TensorBoard logs "
+        "and sample grids go to RUN_DIR. Ctrl-C saves a checkpoint; --resume continues it.",
+        epilog="config resolution: preset -> scale -> --config file -> --set overrides. "
+        "Example: patchcontrast train --preset cut-put --set model.loss_options='{k_neg: 16}' "
+        "--set train.n_epochs=5",
+    )
+    p.add_argument("--preset", default="cut-monce", choices=list(PRESETS), help="method")
+    p.add_argument("--scale", default="cpu", choices=list(SCALES),
+                   help="cpu: small model, 64 px; paper: the papers' settings (needs a GPU)")
+    p.add_argument("--config", default=None, help="YAML or JSON file with model/data/train keys")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. train.batch_size=8 (repeatable)")
+    p.add_argument("--dataroot", default=None,
+                   help="dataset folder (trainA/ trainB/ testA/ testB/), or 'builtin'")
+    p.add_argument("--run-dir", default=None, help="output folder (default runs/PRESET)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many iterations")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--resume", action="store_true", help="continue the newest checkpoint")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+
+
+def _translate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "translate", help="translate images with a trained generator", formatter_class=Formatter,
+        description="Translate one image or every image of a folder. Any size works (padded to a "
+        "multiple of 4 and cropped back); outputs keep the input's name, as PNG.",
+    )
+    p.add_argument("--checkpoint", required=True, help="run folder (newest checkpoint) or file")
+    p.add_argument("--input", required=True, help="image file or folder")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--batch-size", type=int, default=8, help="images of equal size per batch")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+
 
 def _demo_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="train on the built-in dataset, translate its test split, write a grid",
+        formatter_class=Formatter,
+        description="The end-to-end demo behind `make demo`: `train` with its defaults (CUT + "
+        "MoNCE, built-in data, 64 px, CPU-sized), then `translate` of the built-in test images "
+        "and a sample grid (input | translation) in RUN_DIR/demo_grid.png.",
+    )
+    p.add_argument("--run-dir", default="runs/demo", help="output folder")
+    p.add_argument("--max-steps", type=int, default=None, help="stop training early")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted demo run")
+
+
+def _loss_demo_parser(sub: argparse._SubParsersAction) -> None:
     d = DemoConfig()
     p = sub.add_parser(
-        "demo",
+        "loss-demo", formatter_class=Formatter,
         help="train a projection head with every contrastive loss on generated patch features",
         description="Loss demo (about a minute on a laptop CPU): a linear projection head learns, "
         "with each contrastive loss, to match distorted patch features to their source patches "
         "among near-duplicate patches; prints top-1 patch retrieval accuracy before and after.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--losses", nargs="+", default=list(d.losses), choices=list(CONTRASTIVE_LOSSES),
                    help="losses to compare (default hyper-parameters of the papers)")
@@ -32,17 +89,53 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
 
 def _download_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "download",
-        help="download a standard CycleGAN/CUT/pix2pix dataset",
+        "download", help="download a standard CycleGAN/CUT/pix2pix dataset",
         description="Download, verify and extract a standard dataset into ROOT/NAME. Interrupted "
         "downloads resume where they stopped when the same command is run again.",
-        epilog="datasets: " + ", ".join(DATASETS),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="datasets: " + ", ".join(DATASETS), formatter_class=Formatter,
     )
     p.add_argument("name", metavar="NAME", help="dataset name (list below)")
     p.add_argument("--root", default="datasets", help="folder that receives ROOT/NAME")
     p.add_argument("--url", default=None, help="download from this address instead (a mirror)")
     p.add_argument("--keep-archive", action="store_true", help="keep the archive after extracting")
+
+
+def _train_config(args: argparse.Namespace):
+    overrides = list(args.overrides)
+    if args.dataroot is not None:
+        overrides.append(f"data.dataroot={args.dataroot}")
+    if args.max_steps is not None:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    if args.device is not None:
+        overrides.append(f"train.device={args.device}")
+    return resolve_config(args.preset, args.scale, run_dir=args.run_dir, file=args.config,
+                          overrides=overrides)
+
+
+def _run(args: argparse.Namespace) -> None:
+    # heavy imports (torchvision, tensorboard) only for the commands that need them
+    from . import pipeline
+
+    if args.command == "train":
+        cfg = _train_config(args)
+        if args.dry_run:
+            print(json.dumps(cfg.to_dict(), indent=2))
+            return
+        pipeline.train(cfg, resume=args.resume)
+    elif args.command == "translate":
+        written = pipeline.translate(args.checkpoint, args.input, args.output,
+                                     batch_size=args.batch_size, device=args.device)
+        print(f"wrote {len(written)} images to {args.output}")
+    elif args.command == "demo":
+        cfg = resolve_config(run_dir=args.run_dir)
+        if args.max_steps is not None:
+            cfg = replace(cfg, train={"max_steps": args.max_steps})
+        pipeline.train(cfg, resume=args.resume)
+        test_a = pipeline.builtin_root(cfg.data) / "testA"
+        out = Path(cfg.train.run_dir) / "test_translations"
+        pipeline.translate(cfg.train.run_dir, test_a, out)
+        grid = pipeline.comparison_grid(test_a, out, Path(cfg.train.run_dir) / "demo_grid.png")
+        print(f"translations of the test split: {out}\nsample grid: {grid}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,22 +145,26 @@ def main(argv: list[str] | None = None) -> int:
         "(CVPR 2022), PUT negative pruning (ACM MM 2022).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _demo_parser(sub)
-    _download_parser(sub)
+    for add in (_train_parser, _translate_parser, _demo_parser, _loss_demo_parser,
+                _download_parser):
+        add(sub)
     args = parser.parse_args(argv)
+    from .trainer import NonFiniteLossError, TrainingInterrupted
+
     try:
-        if args.command == "demo":
-            cfg = DemoConfig(losses=tuple(args.losses), steps=args.steps, batch=args.batch,
-                             patches=args.patches, channels=args.channels, seed=args.seed,
-                             out=args.out)
-            run_demo(cfg)
+        if args.command == "loss-demo":
+            run_demo(DemoConfig(losses=tuple(args.losses), steps=args.steps, batch=args.batch,
+                                patches=args.patches, channels=args.channels, seed=args.seed,
+                                out=args.out))
         elif args.command == "download":
             result = download_dataset(args.name, args.root, url=args.url,
                                       keep_archive=args.keep_archive)
             print(f"{args.name}: ready in {result.folder}")
-    except (ValueError, DownloadError) as err:
+        else:
+            _run(args)
+    except (ValueError, DownloadError, NonFiniteLossError) as err:
         parser.exit(2, f"patchcontrast {args.command}: error: {err}\n")
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+    except (KeyboardInterrupt, TrainingInterrupted) as err:
+        print(f"\ninterrupted: {err}" if str(err) else "\ninterrupted", file=sys.stderr)
         return 130
     return 0

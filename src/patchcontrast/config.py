@@ -1,0 +1,249 @@
+"""Typed, frozen configuration of the unpaired pipeline, named presets, and config resolution.
+
+A run is ``UnpairedRunConfig(model, data, train)``. It is resolved from a named preset (the
+method), a scale (``paper``: the papers' settings for a GPU; ``cpu``: a small model at 64 px
+that trains in minutes on a laptop), an optional YAML/JSON file and ``section.key=value``
+overrides, in that order; every field is validated on creation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from .losses import CONTRASTIVE_LOSSES, build_loss
+from .losses.adversarial import GAN_MODES, GanMode
+from .trainer import TrainConfig
+
+Contrastive = Literal["patchnce", "weightnce", "monce", "put", "none", "cycle"]
+CONTRASTIVE_CHOICES = (*CONTRASTIVE_LOSSES, "none", "cycle")
+
+
+def _choice(name: str, value: object, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def _at_least(obj: object, low: float, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class CUTConfig:
+    """Networks and objective of the CUT family (METHODS.md §1.3, §2.1-2.4)."""
+
+    input_nc: int = 3
+    output_nc: int = 3
+    ngf: int = 64
+    n_blocks: int = 9
+    ndf: int = 64
+    n_layers_d: int = 3
+    antialias: bool = True
+    antialias_up: bool = True
+    gan_mode: GanMode = "lsgan"
+    lambda_gan: float = 1.0
+    # "none" = GAN only (MoNCE Table 1, first row); "cycle" = CycleGAN's cycle loss instead.
+    contrastive: Contrastive = "patchnce"
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    lambda_nce: float = 1.0
+    nce_idt: bool = True
+    nce_layers: tuple[int, ...] = (0, 4, 8, 12, 16)
+    num_patches: int = 256
+    netF_nc: int = 256
+    tau: float = 0.07
+    flip_equivariance: bool = False
+    per_image_patches: bool = False
+    lambda_cycle: float = 10.0
+    lr: float = 2e-4  # Adam for G, D and F (METHODS.md §3.1)
+    betas: tuple[float, float] = (0.5, 0.999)
+
+    def __post_init__(self) -> None:
+        _choice("gan_mode", self.gan_mode, GAN_MODES)
+        _choice("contrastive", self.contrastive, CONTRASTIVE_CHOICES)
+        _at_least(self, 1, "input_nc", "output_nc", "ngf", "n_blocks", "ndf", "n_layers_d",
+                  "num_patches", "netF_nc")
+        _at_least(self, 0, "lambda_gan", "lambda_nce", "lambda_cycle")
+        if not (self.lr > 0 and len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
+            raise ValueError(f"need lr > 0 and two betas in [0, 1); got lr={self.lr}, "
+                             f"betas={self.betas}")
+        if not self.nce_layers or list(self.nce_layers) != sorted(set(self.nce_layers)) \
+                or self.nce_layers[0] < 0:
+            raise ValueError(f"nce_layers must be distinct increasing indices >= 0; "
+                             f"got {self.nce_layers!r}")
+        if self.contrastive in CONTRASTIVE_LOSSES:
+            # validates the loss options now, with a message naming the bad option
+            build_loss(self.contrastive, tau=self.tau, **self.loss_options)
+        elif self.loss_options:
+            raise ValueError(f"loss_options are not used with contrastive={self.contrastive!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where images come from and how they are prepared (METHODS.md §3.2)."""
+
+    # "builtin" = the generated horse->zebra-like dataset (no download); otherwise a folder with
+    # trainA/ trainB/ testA/ testB/.
+    dataroot: str = "builtin"
+    load_size: int = 286
+    crop_size: int = 256
+    direction: Literal["AtoB", "BtoA"] = "AtoB"
+    flip: bool = True
+    serial: bool = False
+    channels: int = 3
+    on_bad: Literal["error", "skip"] = "error"
+    builtin_train: int = 400  # images per domain of the generated dataset
+    builtin_test: int = 50
+    builtin_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("direction", self.direction, ("AtoB", "BtoA"))
+        _choice("on_bad", self.on_bad, ("error", "skip"))
+        _choice("channels", self.channels, (1, 3))
+        _at_least(self, 4, "crop_size")
+        _at_least(self, 1, "builtin_train", "builtin_test")
+        if self.crop_size % 4:
+            raise ValueError(f"crop_size must be a multiple of 4; got {self.crop_size}")
+        if self.load_size < self.crop_size:
+            raise ValueError(f"load_size ({self.load_size}) must be >= crop_size "
+                             f"({self.crop_size})")
+
+
+@dataclass(frozen=True)
+class UnpairedRunConfig:
+    """Everything a ``patchcontrast train`` run needs; saved as ``config.json``."""
+
+    preset: str
+    scale: str
+    model: CUTConfig
+    data: DataConfig
+    train: TrainConfig
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Method presets: overrides of the ``paper`` defaults, nested by section (METHODS.md §2.4, §3.3).
+_MONCE_H2Z = {"weighting": "hard", "beta": 0.1, "Q": 1.0}
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "cut": {},
+    "fastcut": {"model": {"nce_idt": False, "lambda_nce": 10.0, "flip_equivariance": True},
+                "train": {"n_epochs": 150, "n_epochs_decay": 50}},
+    "cut-weightnce": {"model": {"contrastive": "weightnce", "loss_options": dict(_MONCE_H2Z)}},
+    "cut-monce": {"model": {"contrastive": "monce", "loss_options": dict(_MONCE_H2Z)},
+                  "train": {"batch_size": 12}},
+    "cut-put": {"model": {"contrastive": "put", "loss_options": {"k_neg": 5}}},
+    "gan-only": {"model": {"contrastive": "none", "nce_idt": False}},
+    "cycle": {"model": {"contrastive": "cycle", "nce_idt": False}},
+}
+
+# Scales: ``paper`` = the official settings; ``cpu`` = a small model at 64 px on the built-in
+# data that trains in minutes on 2 cores (6 residual blocks keep layer 16 a residual block).
+SCALES: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {},
+    "cpu": {"model": {"ngf": 16, "ndf": 16, "n_blocks": 6, "netF_nc": 64},
+            "data": {"load_size": 72, "crop_size": 64},
+            "train": {"batch_size": 4, "n_epochs": 5, "n_epochs_decay": 5, "log_every": 10,
+                      "sample_every": 200, "checkpoint_every": 200}},
+}
+
+
+def resolve_config(preset: str = "cut-monce", scale: str = "cpu", *, run_dir: str | None = None,
+                   file: str | Path | None = None,
+                   overrides: typing.Sequence[str] = ()) -> UnpairedRunConfig:
+    """Preset -> scale -> file -> ``section.key=value`` overrides -> validated config."""
+    _choice("preset", preset, tuple(PRESETS))
+    _choice("scale", scale, tuple(SCALES))
+    tree: dict[str, dict[str, Any]] = {"model": {}, "data": {}, "train": {}}
+    layers = [PRESETS[preset], SCALES[scale]]
+    if preset == "cut-monce" and scale == "cpu":
+        layers.append({"train": {"batch_size": 4}})  # the cpu scale wins over batch 12
+    if file is not None:
+        layers.append(_read_file(Path(file)))
+    layers.append(_parse_overrides(overrides))
+    for layer in layers:
+        for section, values in layer.items():
+            if section not in tree:
+                raise ValueError(f"unknown config section {section!r}; "
+                                 f"use one of {', '.join(tree)}")
+            tree[section].update(values)
+    if run_dir is not None:
+        tree["train"]["run_dir"] = run_dir
+    tree["train"].setdefault("run_dir", f"runs/{preset}")
+    return UnpairedRunConfig(preset=preset, scale=scale,
+                             model=_build(CUTConfig, tree["model"], "model"),
+                             data=_build(DataConfig, tree["data"], "data"),
+                             train=_build(TrainConfig, tree["train"], "train"))
+
+
+def config_from_dict(tree: dict) -> UnpairedRunConfig:
+    """Inverse of ``UnpairedRunConfig.to_dict`` (reading ``config.json`` or a checkpoint)."""
+    return UnpairedRunConfig(preset=tree["preset"], scale=tree["scale"],
+                             model=_build(CUTConfig, tree["model"], "model"),
+                             data=_build(DataConfig, tree["data"], "data"),
+                             train=_build(TrainConfig, tree["train"], "train"))
+
+
+def _read_file(path: Path) -> dict:
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    elif path.suffix == ".json":
+        data = json.loads(text)
+    else:
+        raise ValueError(f"config file {path} must end in .yaml, .yml or .json")
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of sections")
+    return data
+
+
+def _parse_overrides(overrides: typing.Sequence[str]) -> dict[str, dict[str, Any]]:
+    import yaml
+
+    tree: dict[str, dict[str, Any]] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not (sep and dot and name):
+            raise ValueError(f"override {item!r} must look like section.key=value, "
+                             f"e.g. train.n_epochs=5 or model.loss_options={{beta: 0.5}}")
+        tree.setdefault(section, {})[name] = yaml.safe_load(raw)
+    return tree
+
+
+def _build(cls: type, values: dict[str, Any], section: str):
+    names = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"unknown {section} option(s) {', '.join(unknown)}; "
+                         f"valid: {', '.join(names)}")
+    hints = typing.get_type_hints(cls)
+    coerced = {}
+    for key, value in values.items():
+        hint = hints[key]
+        if typing.get_origin(hint) is tuple and isinstance(value, list):
+            value = tuple(value)
+        if hint is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        coerced[key] = value
+    try:
+        return cls(**coerced)
+    except TypeError as err:
+        raise ValueError(f"invalid {section} config: {err}") from None
+
+
+def replace(config: UnpairedRunConfig, **sections: dict[str, Any]) -> UnpairedRunConfig:
+    """Copy of ``config`` with some fields of some sections changed (validated again)."""
+    changed = {name: dataclasses.replace(getattr(config, name), **values)
+               for name, values in sections.items()}
+    return dataclasses.replace(config, **changed)

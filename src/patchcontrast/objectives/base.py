@@ -1,0 +1,61 @@
+"""The contract between a training method (an objective) and the generic Trainer.
+
+An objective owns its networks and computes its losses; it knows nothing about optimisers,
+schedules, checkpoints or logging. The Trainer knows nothing about GANs or contrastive losses: it
+runs, every iteration, ``prepare(batch)`` once and then each :class:`Phase` in order — compute
+``loss(phase)``, backward, step that phase's optimiser — and finally ``release()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One optimisation step of an iteration; GAN alternation is a list of these.
+
+    Attributes:
+        name: phase name, e.g. ``"D"`` or ``"G"``; passed to :meth:`Objective.loss`.
+        modules: names of the objective's sub-modules whose parameters this phase's optimiser
+            updates (one Adam per phase).
+        frozen: sub-modules whose parameters get ``requires_grad=False`` while this phase's loss
+            is computed and back-propagated (e.g. D during the G step), so no gradient is wasted.
+        lr, betas: Adam hyper-parameters of this phase.
+        every: run this phase every ``every`` iterations (1 = always).
+    """
+
+    name: str
+    modules: tuple[str, ...]
+    frozen: tuple[str, ...] = ()
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    every: int = 1
+
+
+class Objective(nn.Module):
+    """Base class of training methods (CUT family, SPADE family, ...).
+
+    Sub-classes register their networks as attributes (so ``state_dict`` covers them), define
+    ``phases`` and implement the four methods below. Batches are dicts of tensors (plus paths).
+    """
+
+    phases: tuple[Phase, ...] = ()
+
+    def prepare(self, batch: dict) -> None:
+        """Run the forward pass shared by all phases of this iteration and keep what they need."""
+        raise NotImplementedError
+
+    def loss(self, phase: str) -> tuple[Tensor, dict[str, float]]:
+        """Scalar loss to minimise in ``phase`` and named statistics to log (plain floats)."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Drop the tensors kept by :meth:`prepare` (end of iteration)."""
+
+    def samples(self, batch: dict) -> dict[str, Tensor]:
+        """Images for the sample grid, each ``(B, C, H, W)`` in ``[-1, 1]``, columns in order
+        (e.g. input | translation | identity). Called under ``torch.no_grad()``."""
+        raise NotImplementedError

@@ -1,0 +1,172 @@
+"""The CUT family of unpaired objectives (CUT, FastCUT, +WeightNCE / MoNCE / PUT, GAN-only, cycle).
+
+METHODS.md §1.1-1.3: ``L_G = lambda_GAN GAN(D(G(A))) + lambda_NCE NCE``, where NCE contrasts
+patches of ``G(A)`` (queries, through G's encoder and the projection head F) with the same
+locations of ``A`` (keys), averaged over the encoder taps; in CUT mode the identity term on
+``B -> G(B)`` is averaged in. The contrastive loss is any entry of ``CONTRASTIVE_LOSSES``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..losses import build_loss, multilayer_loss
+from ..losses.adversarial import gan_loss
+from ..nets import PatchDiscriminator, PatchSampleMLP, ResnetGenerator
+from .base import Objective, Phase
+
+
+class UnpairedObjective(Objective):
+    """CUT-family objective built from a ``CUTConfig`` (see ``patchcontrast.config``).
+
+    Sub-modules: ``G`` (A->B), ``D`` (on B), ``F`` (projection head) when a contrastive loss is
+    used; ``G_BA`` and ``D_A`` for ``contrastive="cycle"``.
+
+    The translation pass also yields the encoder features of the real images, which are reused
+    as NCE keys instead of encoding the real images a second time (upstream recomputes them).
+    With flip equivariance an iteration whose input was flipped re-encodes the unflipped real
+    images for the keys, exactly as upstream, because the encoder is not flip-equivariant.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        net = {"ngf": cfg.ngf, "n_blocks": cfg.n_blocks, "antialias": cfg.antialias,
+               "antialias_up": cfg.antialias_up}
+        self.G = ResnetGenerator(cfg.input_nc, cfg.output_nc, **net)
+        self.D = PatchDiscriminator(cfg.output_nc, ndf=cfg.ndf, n_layers=cfg.n_layers_d,
+                                    antialias=cfg.antialias)
+        self.contrastive = cfg.contrastive not in ("none", "cycle") and cfg.lambda_nce > 0
+        g_modules, d_modules = ["G"], ["D"]
+        if self.contrastive:
+            # built eagerly from the generator's known tap channels (no first-batch init)
+            self.F = PatchSampleMLP(self.G.tap_channels(cfg.nce_layers), cfg.netF_nc)
+            self.nce = build_loss(cfg.contrastive, tau=cfg.tau, **cfg.loss_options)
+            g_modules.append("F")
+        if cfg.contrastive == "cycle":
+            self.G_BA = ResnetGenerator(cfg.output_nc, cfg.input_nc, **net)
+            self.D_A = PatchDiscriminator(cfg.input_nc, ndf=cfg.ndf, n_layers=cfg.n_layers_d,
+                                          antialias=cfg.antialias)
+            g_modules.append("G_BA")
+            d_modules.append("D_A")
+        # Upstream order (METHODS.md §1.3): D step on the detached fake, then G (+F) with D frozen.
+        self.phases = (
+            Phase("D", tuple(d_modules), lr=cfg.lr, betas=tuple(cfg.betas)),
+            Phase("G", tuple(g_modules), frozen=tuple(d_modules), lr=cfg.lr,
+                  betas=tuple(cfg.betas)),
+        )
+        self._cache: dict = {}
+
+    # -- iteration --------------------------------------------------------------------------
+    def prepare(self, batch: dict) -> None:
+        cfg, c = self.cfg, {}
+        real_a, real_b = batch["A"], batch["B"]
+        b = real_a.shape[0]
+        with_idt = self.contrastive and cfg.nce_idt
+        x = torch.cat([real_a, real_b]) if with_idt else real_a
+        flipped = cfg.flip_equivariance and self.training and self._coin()
+        if flipped:
+            x = x.flip(-1)
+        if self.contrastive:
+            out, feats = self.G.forward_with_features(x, cfg.nce_layers)
+            if flipped:  # keys must come from the unflipped images
+                feats = self.G.encode(torch.cat([real_a, real_b]) if with_idt else real_a,
+                                      cfg.nce_layers)
+            c["keys_a"] = [f[:b].detach() for f in feats]
+            if with_idt:
+                c["keys_b"] = [f[b:].detach() for f in feats]
+        else:
+            out = self.G(x)
+        c["fake_b"] = out[:b]
+        c["idt_b"] = out[b:] if with_idt else None
+        c["flipped"] = flipped
+        c["real_a"], c["real_b"] = real_a, real_b
+        if cfg.contrastive == "cycle":
+            c["rec_a"] = self.G_BA(c["fake_b"])
+            c["fake_a"] = self.G_BA(real_b)
+            c["rec_b"] = self.G(c["fake_a"])
+        self._cache = c
+
+    def release(self) -> None:
+        self._cache = {}
+
+    def _coin(self) -> bool:
+        """FastCUT's per-iteration flip decision (probability 0.5, torch's global RNG)."""
+        return bool(torch.rand(()) < 0.5)
+
+    def loss(self, phase: str) -> tuple[Tensor, dict[str, float]]:
+        return self._d_loss() if phase == "D" else self._g_loss()
+
+    def _d_loss(self) -> tuple[Tensor, dict[str, float]]:
+        c, mode = self._cache, self.cfg.gan_mode
+        fake = gan_loss(self.D(c["fake_b"].detach()), False, mode=mode)
+        real = gan_loss(self.D(c["real_b"]), True, mode=mode)
+        loss = 0.5 * (fake + real)
+        stats = {"D_fake": fake.item(), "D_real": real.item()}
+        if self.cfg.contrastive == "cycle":
+            fake_a = gan_loss(self.D_A(c["fake_a"].detach()), False, mode=mode)
+            real_a = gan_loss(self.D_A(c["real_a"]), True, mode=mode)
+            loss = loss + 0.5 * (fake_a + real_a)
+            stats.update(D_A_fake=fake_a.item(), D_A_real=real_a.item())
+        return loss, stats
+
+    def _g_loss(self) -> tuple[Tensor, dict[str, float]]:
+        cfg, c = self.cfg, self._cache
+        gan = cfg.lambda_gan * gan_loss(self.D(c["fake_b"]), True, mode=cfg.gan_mode,
+                                        for_discriminator=False)
+        loss, stats = gan, {"G_GAN": gan.item()}
+        if self.contrastive:
+            nce = self.nce_loss(c["fake_b"], c["keys_a"], flip_back=c["flipped"])
+            stats["NCE"] = nce.item()
+            if c["idt_b"] is not None:
+                nce_y = self.nce_loss(c["idt_b"], c["keys_b"], flip_back=c["flipped"])
+                stats["NCE_Y"] = nce_y.item()
+                nce = 0.5 * (nce + nce_y)
+            loss = loss + cfg.lambda_nce * nce
+        if cfg.contrastive == "cycle":
+            gan_a = cfg.lambda_gan * gan_loss(self.D_A(c["fake_a"]), True, mode=cfg.gan_mode,
+                                              for_discriminator=False)
+            cycle = F.l1_loss(c["rec_a"], c["real_a"]) + F.l1_loss(c["rec_b"], c["real_b"])
+            loss = loss + gan_a + cfg.lambda_cycle * cycle
+            stats.update(G_A_GAN=gan_a.item(), cycle=cycle.item())
+        stats["G"] = loss.item()
+        return loss, stats
+
+    def nce_loss(self, generated: Tensor, keys: list[Tensor], *, flip_back: bool = False
+                 ) -> Tensor:
+        """Contrastive loss between taps of ``generated`` (queries) and source taps ``keys``.
+
+        ``keys``: encoder features ``(B, C_l, H_l, W_l)`` of the source images. Keys only need
+        the projection head's forward (the loss detaches them), so that runs without autograd.
+        """
+        cfg = self.cfg
+        queries = self.G.encode(generated, cfg.nce_layers)
+        if flip_back:  # generated came from a flipped input: align it with the unflipped keys
+            queries = [q.flip(-1) for q in queries]
+        with torch.no_grad():
+            k_samples, ids = self.F(keys, cfg.num_patches, per_image=cfg.per_image_patches)
+        q_samples, _ = self.F(queries, patch_ids=ids)
+        return multilayer_loss(self.nce, q_samples, k_samples)
+
+    # -- outputs ----------------------------------------------------------------------------
+    def samples(self, batch: dict) -> dict[str, Tensor]:
+        real_a, real_b = batch["A"], batch["B"]
+        columns = {"input": real_a, "translation": self.G(real_a)}
+        if self.cfg.contrastive == "cycle":
+            columns["reconstruction"] = self.G_BA(columns["translation"])
+        else:
+            columns["identity"] = self.G(real_b)
+        return columns
+
+    @torch.no_grad()
+    def translate(self, images: Tensor) -> Tensor:
+        """``G`` on ``(B, C, H, W)`` images in ``[-1, 1]`` of any size: reflect-padded to a
+        multiple of 4 (the generator's two down-samplings) and cropped back."""
+        h, w = images.shape[-2:]
+        pad_h, pad_w = -h % 4, -w % 4
+        mode = "reflect" if min(h, w) > max(pad_h, pad_w) else "replicate"
+        x = nn.functional.pad(images, (0, pad_w, 0, pad_h), mode=mode) if pad_h or pad_w \
+            else images
+        return self.G(x)[..., :h, :w]

@@ -1,0 +1,576 @@
+"""The one training loop: phases as data, linear LR schedule, AMP, checkpoints, logging.
+
+The Trainer knows nothing about GANs or contrastive losses (see :mod:`objectives.base`): every
+iteration it runs ``objective.prepare(batch)``, each :class:`Phase` (loss, backward, step of that
+phase's Adam), then ``objective.release()``. What it fixes over upstream CUT (METHODS.md §3.1,
+§5.1): seeded data order that depends only on (seed, epoch); optimiser, scheduler, scaler and RNG
+states in checkpoints, so a resumed run is bitwise identical to an uninterrupted one (CPU,
+``deterministic=True``); periods counted in iterations, not images; atomic checkpoint writes;
+graceful Ctrl-C/SIGTERM.
+
+Run folder: ``config.json``, ``stats.jsonl``, ``tb/`` (TensorBoard), ``samples/step_*.png``,
+``checkpoints/step_*.pt``. Weight initialisation is the caller's business (seed before building
+the objective); the Trainer seeds torch, numpy and ``random`` with ``seed`` when a run starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import threading
+import time
+import warnings
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+from tqdm import tqdm
+
+from patchcontrast.objectives.base import Objective, Phase
+
+_CHOICES = {"schedule_unit": ("epoch", "step"), "amp": ("none", "bf16", "fp16")}
+# settings whose change between a checkpoint and its resumption breaks exact continuation
+_TRAJECTORY = ("n_epochs", "n_epochs_decay", "schedule_unit", "batch_size", "seed", "amp")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of :class:`Trainer` (saved as ``config.json["train"]`` and in checkpoints).
+
+    Attributes:
+        run_dir: output folder of the run.
+        n_epochs, n_epochs_decay: constant-LR length, then linear-decay length (CUT: 200 + 200).
+            Counted in epochs (``len(dataset) // batch_size`` iterations each) when
+            ``schedule_unit="epoch"`` (CUT), in iterations when ``"step"``. One may be 0.
+        batch_size, num_workers: DataLoader settings (``drop_last=True``, as upstream).
+        seed: data order, RNGs and DataLoader workers; in ``[0, 2**32)``.
+        deterministic: deterministic algorithms and cuDNN (else ``cudnn.benchmark``, as upstream).
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        amp: autocast dtype on CUDA (``"fp16"`` adds one GradScaler per phase).
+        log_every, sample_every, checkpoint_every: periods in iterations.
+        keep_last: number of ``step_*.pt`` checkpoints kept.
+        max_steps: stop after this many iterations; the schedule is unchanged (tests, CI).
+    """
+
+    run_dir: str
+    n_epochs: int = 200
+    n_epochs_decay: int = 200
+    schedule_unit: Literal["epoch", "step"] = "epoch"
+    batch_size: int = 1
+    num_workers: int = 0
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    log_every: int = 50
+    sample_every: int = 500
+    checkpoint_every: int = 1000
+    keep_last: int = 3
+    max_steps: int | None = None
+
+    def __post_init__(self):
+        lows = dict(n_epochs=0, n_epochs_decay=0, num_workers=0, seed=0, batch_size=1,
+                    log_every=1, sample_every=1, checkpoint_every=1, keep_last=1, max_steps=1)
+        for name, low in lows.items():
+            value = getattr(self, name)
+            if name == "max_steps" and value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"TrainConfig.{name} must be an integer >= {low}, got {value!r}")
+        if self.seed >= 2**32:
+            raise ValueError(f"TrainConfig.seed must be < 2**32, got {self.seed}")
+        if self.n_epochs + self.n_epochs_decay == 0:
+            raise ValueError("TrainConfig.n_epochs + TrainConfig.n_epochs_decay must be > 0")
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"TrainConfig.{name} must be one of {choices}, "
+                                 f"got {getattr(self, name)!r}")
+        if not isinstance(self.run_dir, str) or not self.run_dir:
+            raise ValueError(f"TrainConfig.run_dir must be a non-empty str, got {self.run_dir!r}")
+        if self.device != "auto":
+            try:
+                device = torch.device(self.device)
+            except (RuntimeError, TypeError) as e:
+                raise ValueError(f"TrainConfig.device: unknown device {self.device!r}") from e
+            if device.type != "cuda" and self.amp != "none":
+                raise ValueError(f"TrainConfig.amp={self.amp!r} needs a CUDA device, "
+                                 f"got device={self.device!r}; use amp='none'")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised by :meth:`Trainer.fit` after Ctrl-C (SIGINT) or SIGTERM, once the current iteration
+    is finished and a checkpoint written. A KeyboardInterrupt, so ``except Exception`` does not
+    swallow it; the CLI maps ``signum`` to its exit code (SIGTERM -> 143, SIGINT -> 130)."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        saved = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint written"
+        super().__init__(f"training stopped by {signal.Signals(signum).name} at step {step} "
+                         f"({saved}); continue with fit(resume=True)")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A phase returned a NaN/inf loss; an emergency checkpoint was written first."""
+
+
+def linear_multiplier(t: int, n: int, n_decay: int) -> float:
+    """LR multiplier after ``t`` scheduler steps: CUT's ``lr_policy=linear``,
+    ``1 - max(0, e - n) / (n_decay + 1)`` for the 1-indexed epoch ``e = t + 1``. Constant for
+    ``n`` units, then linear decay to ``1 / (n_decay + 1)`` (never exactly 0, as upstream)."""
+    return 1.0 - max(0, t + 1 - n) / (n_decay + 1)
+
+
+def _derived_seed(*key: int) -> int:
+    """A well-mixed 32-bit seed from a tuple of ints (seed, epoch, purpose)."""
+    return int(np.random.SeedSequence(list(key)).generate_state(1)[0])
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: workers must survive it so that the main process
+    # can finish its iteration and checkpoint (it shuts the workers down itself).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _rng_state(cuda: bool) -> dict:
+    """All global RNG states, in types that ``torch.load(weights_only=True)`` accepts."""
+    # numpy's legacy global RNG is the one third-party augmentation code draws from
+    _, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
+    version, py_state, py_gauss = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if cuda else [],
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python": {"version": version, "state": list(py_state), "gauss": py_gauss}}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+        torch.cuda.set_rng_state(s, i)
+    n, p = state["numpy"], state["python"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["gauss"]))  # noqa: NPY002
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+@contextmanager
+def _rng_preserved(cuda: bool):
+    """Side work (samples, the sample batch) must not shift the training trajectory."""
+    state = _rng_state(cuda)
+    try:
+        yield
+    finally:
+        _set_rng_state(state)
+
+
+@contextmanager
+def _determinism(enabled: bool):
+    """Global torch flags for the duration of ``fit`` only (restored afterwards)."""
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = enabled, not enabled
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
+
+
+@contextmanager
+def _graceful_signals():
+    """The first SIGINT/SIGTERM only sets ``stop.signum`` (the loop finishes its iteration and
+    checkpoints); a second Ctrl-C raises KeyboardInterrupt at once. Handlers can only be set in
+    the main thread; the previous ones are restored on exit."""
+    stop = SimpleNamespace(signum=None)
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if signum == signal.SIGINT and stop.signum is not None:
+            raise KeyboardInterrupt
+        stop.signum = signum
+        tqdm.write(f"{signal.Signals(signum).name}: finishing the iteration, then saving a "
+                   "checkpoint (Ctrl-C again to abort at once)")
+
+    # a signal the process was told to ignore (nohup, background jobs) stays ignored
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(s) is not signal.SIG_IGN}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, signal.SIG_DFL if h is None else h)
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    """The ``step_*.pt`` files of a folder, lowest step first."""
+    found = [p for p in folder.glob("step_*.pt") if p.stem[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.stem[5:]))
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    """torch.save to a temp file in the same folder, fsync, rename: a crash or a kill never
+    leaves a truncated checkpoint under the final name."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+        fd = os.open(path.parent, os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _save_sample_grid(images: dict[str, torch.Tensor], path: Path) -> None:
+    """One row per image, one column per entry (in order); [-1, 1] -> [0, 1], grey -> RGB."""
+    from torchvision.utils import make_grid, save_image  # ~1 s import, only needed here
+
+    columns = []
+    for name, x in images.items():
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(f"samples()[{name!r}] must be (B, 1 or 3, H, W), got {tuple(x.shape)}")
+        columns.append(x.detach().float().cpu().add(1).div(2).clamp(0, 1).expand(-1, 3, -1, -1))
+    save_image(make_grid(torch.stack(columns, dim=1).flatten(0, 1), nrow=len(columns)), path)
+
+
+class Trainer:
+    """Trains an :class:`Objective` on a dataset of dict batches; see the module docstring.
+
+    ``sample_batch``: the fixed batch of the sample grids (default: items ``0..batch_size-1`` at
+    epoch 0). ``extra_config``: the caller's model/data config (JSON types), saved next to
+    ``"train"`` in ``config.json`` and in checkpoints. Optimisers are built here, so every network
+    of the objective must exist already (no lazily created layers, METHODS.md §5.1).
+    """
+
+    def __init__(self, objective: Objective, dataset: Dataset, config: TrainConfig, *,
+                 sample_batch: dict | None = None, extra_config: dict | None = None):
+        self.objective, self.dataset, self.config = objective, dataset, config
+        self.extra_config = dict(extra_config or {})
+        if "train" in self.extra_config:
+            raise ValueError("extra_config must not have a 'train' key (the TrainConfig's)")
+        self.run_dir = Path(config.run_dir)
+        auto = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(auto if config.device == "auto" else config.device)
+        self._cuda = self.device.type == "cuda"
+        if config.amp != "none" and not self._cuda:
+            raise ValueError(f"TrainConfig.amp={config.amp!r} needs CUDA; the device is "
+                             f"{self.device}; use amp='none'")
+        self.iters_per_epoch = len(dataset) // config.batch_size
+        if self.iters_per_epoch == 0:
+            raise ValueError(f"the dataset has {len(dataset)} items, fewer than "
+                             f"batch_size={config.batch_size} (batches drop the remainder)")
+        n, n_decay = config.n_epochs, config.n_epochs_decay
+        unit = self.iters_per_epoch if config.schedule_unit == "epoch" else 1
+        self.total_steps = min((n + n_decay) * unit, config.max_steps or math.inf)
+
+        phases = objective.phases
+        if not phases or len({p.name for p in phases}) != len(phases):
+            raise ValueError(f"objective.phases must be non-empty with unique names: {phases}")
+        objective.to(self.device)
+        self.optimizers, self.schedulers, self.scalers = {}, {}, {}
+        for phase in phases:
+            bad = [m for m in phase.modules + phase.frozen
+                   if not isinstance(getattr(objective, m, None), torch.nn.Module)]
+            params = {id(p): p for m in phase.modules if m not in bad
+                      for p in getattr(objective, m).parameters()}
+            if bad or not params or phase.every < 1:
+                raise ValueError(f"Phase {phase.name!r}: every must be >= 1 and modules/frozen "
+                                 f"must name sub-modules (with parameters) of "
+                                 f"{type(objective).__name__}; not sub-modules: {bad}")
+            opt = torch.optim.Adam(params.values(), lr=phase.lr, betas=phase.betas)
+            self.optimizers[phase.name] = opt
+            self.schedulers[phase.name] = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda t: linear_multiplier(t, n, n_decay))
+            self.scalers[phase.name] = torch.amp.GradScaler(self.device.type,
+                                                            enabled=config.amp == "fp16")
+        self.step = self.epoch = self.position = 0  # position: batches done in this epoch
+        self._fresh, self._rng, self._dirty, self._last_ckpt = True, None, False, -1
+        self._last_sample, self._record, self._lr = -1, {}, {}
+        if sample_batch is None:
+            with _rng_preserved(self._cuda):
+                if hasattr(dataset, "set_epoch"):
+                    dataset.set_epoch(0)
+                torch.manual_seed(config.seed)  # fixed augmentation of the sample batch
+                sample_batch = default_collate([dataset[i] for i in range(config.batch_size)])
+        self.sample_batch = sample_batch
+
+    def resume(self, path: str | os.PathLike) -> Path:
+        """Load ``path`` (a checkpoint, or a run folder: its highest ``step_*.pt``) and restore
+        everything; the next :meth:`fit` continues exactly where that run stopped."""
+        path = Path(path)
+        if path.is_dir():
+            found = _checkpoints(path / "checkpoints") or _checkpoints(path)
+            path = found[-1] if found else path / "checkpoints" / "step_*.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint to resume: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        changed = [k for k in _TRAJECTORY
+                   if state["config"]["train"].get(k) != getattr(self.config, k)]
+        if changed:
+            warnings.warn(f"resuming {path} with changed {changed}: the continuation will "
+                          "differ from the original run", stacklevel=2)
+        if set(state["optimizers"]) != set(self.optimizers) or \
+                state["position"] >= self.iters_per_epoch:
+            raise ValueError(f"{path} does not fit this run: phases {sorted(state['optimizers'])} "
+                             f"vs {sorted(self.optimizers)}, batch {state['position']} of an "
+                             f"epoch of {self.iters_per_epoch}")
+        self.objective.load_state_dict(state["objective"])
+        for name in self.optimizers:
+            self.optimizers[name].load_state_dict(state["optimizers"][name])
+            self.schedulers[name].load_state_dict(state["schedulers"][name])
+            self.scalers[name].load_state_dict(state["scalers"][name])
+        self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        self._fresh, self._rng, self._last_ckpt = False, state["rng"], self.step
+        print(f"resumed from {path} at step {self.step} (epoch {self.epoch}, "
+              f"batch {self.position})")
+        return path
+
+    def fit(self, resume: bool | str | os.PathLike | None = None) -> dict:
+        """Train to the end of the schedule (or ``max_steps``); returns step, epoch, the last
+        logged stats and run_dir. ``resume=True``: continue the highest checkpoint of run_dir; a
+        path: that checkpoint or run folder. Raises :class:`TrainingInterrupted` on
+        Ctrl-C/SIGTERM (after a checkpoint) and :class:`NonFiniteLossError` on NaN/inf."""
+        if resume:
+            self.resume(self.run_dir if resume is True else resume)
+        self._open_run_dir()
+        from torch.utils.tensorboard import SummaryWriter  # slow import, only needed here
+
+        writer = SummaryWriter(self.run_dir / "tb", purge_step=0 if self._fresh else self.step + 1)
+        bar = tqdm(total=self.total_steps, initial=self.step, unit="it", dynamic_ncols=True)
+        try:
+            with _determinism(self.config.deterministic), _graceful_signals() as stop:
+                if self._fresh:
+                    torch.manual_seed(self.config.seed)
+                    np.random.seed(self.config.seed)  # noqa: NPY002
+                    random.seed(self.config.seed)
+                elif self._rng is not None:
+                    _set_rng_state(self._rng)
+                self._fresh, self._rng = False, None
+                self.objective.train()
+                self._loop(stop, writer, bar)
+        finally:
+            bar.close()
+            writer.close()
+        return {"step": self.step, "epoch": self.epoch, "stats": self._record,
+                "run_dir": str(self.run_dir)}
+
+    def _open_run_dir(self) -> None:
+        if self._fresh and _checkpoints(self.run_dir / "checkpoints"):
+            raise FileExistsError(f"{self.run_dir} already holds checkpoints; pass resume=True "
+                                  "to continue that run, or choose another run_dir")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config = json.dumps({"train": self.config.to_dict(), **self.extra_config}, indent=2)
+        (self.run_dir / "config.json").write_text(config + "\n")
+        print(f"{config}\ndevice {self.device}, {self.iters_per_epoch} iterations/epoch, "
+              f"{self.total_steps} iterations, run_dir {self.run_dir}")
+        # checkpoints of a continuation abandoned by resuming from an older one: keep them, but
+        # out of the way of keep_last and of resume(run_dir)
+        later = [p for p in _checkpoints(self.run_dir / "checkpoints")
+                 if not self._fresh and int(p.stem[5:]) > self.step]
+        for p in later:
+            p.rename(p.with_name(f"abandoned_{p.name}"))
+        if later:
+            warnings.warn(f"checkpoints after the resumed step renamed to abandoned_*: "
+                          f"{[p.name for p in later]}", stacklevel=3)
+        stats = self.run_dir / "stats.jsonl"
+        if self._fresh:  # leftovers of a run that never reached a checkpoint
+            stats.unlink(missing_ok=True)
+        elif stats.exists():  # lines after the checkpoint will be logged again
+            lines = stats.read_text().splitlines(keepends=True)
+            stats.write_text("".join(s for s in lines
+                                     if s.strip() and json.loads(s)["step"] <= self.step))
+
+    def _loop(self, stop, writer, bar) -> None:
+        cfg, meter = self.config, defaultdict(list)
+        self._boundary_rng, tick, ticks = _rng_state(self._cuda), time.perf_counter(), 0
+        while self.step < self.total_steps:
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(self.epoch)
+            batches = iter(self._loader())
+            for _ in range(self.position, self.iters_per_epoch):
+                try:
+                    stats = self._iteration(next(batches))
+                except KeyboardInterrupt:  # a second Ctrl-C: checkpoint only if nothing changed
+                    self._interrupted(signal.SIGINT, save=not self._dirty)
+                self._advance()
+                for k, v in stats.items():
+                    meter[k].append(v)
+                ticks += 1
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()}, refresh=False)
+                last = self.step >= self.total_steps
+                if self.step % cfg.log_every == 0 or last:
+                    self._log(writer, meter, time.perf_counter() - tick, ticks)
+                    meter, tick, ticks = defaultdict(list), time.perf_counter(), 0
+                if self.step % cfg.sample_every == 0 or last:
+                    self._write_samples()
+                if self.step % cfg.checkpoint_every == 0 or last:
+                    self._checkpoint()
+                if last:  # a signal during the last iteration: the run is complete anyway
+                    break
+                if stop.signum is not None:
+                    self._interrupted(stop.signum, save=True)
+            del batches  # shut the workers down before the next epoch's loader starts
+
+    def _loader(self) -> DataLoader:
+        """The rest of the current epoch. The order depends only on (seed, epoch), so a resumed
+        run skips the consumed indices without loading them; workers are seeded from the
+        loader's generator (seed, epoch) and re-created per epoch, so they see set_epoch."""
+        cfg, bs = self.config, self.config.batch_size
+        g = torch.Generator().manual_seed(_derived_seed(cfg.seed, self.epoch, 0))
+        order = torch.randperm(len(self.dataset), generator=g)[: self.iters_per_epoch * bs]
+        return DataLoader(
+            self.dataset, batch_size=bs, sampler=order[self.position * bs:].tolist(),
+            drop_last=True, num_workers=cfg.num_workers, pin_memory=self._cuda,
+            worker_init_fn=_ignore_sigint if cfg.num_workers else None,
+            generator=torch.Generator().manual_seed(_derived_seed(cfg.seed, self.epoch, 1)))
+
+    def _autocast(self):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.amp)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def _iteration(self, batch: dict) -> dict[str, float]:
+        batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
+                 for k, v in batch.items()}
+        self._dirty, stats = True, {}  # from here on the state differs from the last boundary
+        try:
+            with self._autocast():
+                self.objective.prepare(batch)
+            for phase in self.objective.phases:
+                self._lr[phase.name] = self.optimizers[phase.name].param_groups[0]["lr"]
+                if self.step % phase.every == 0:  # iterations 0, every, 2 every, ...
+                    phase_stats = self._phase(phase)
+                    clash = set(phase_stats) & set(stats)
+                    if clash:
+                        raise ValueError(f"phase {phase.name!r} repeats stats {sorted(clash)}")
+                    stats.update(phase_stats)
+        finally:
+            self.objective.release()
+        return stats
+
+    def _phase(self, phase: Phase) -> dict[str, float]:
+        obj, opt, scaler = self.objective, self.optimizers[phase.name], self.scalers[phase.name]
+        # freeze (and later unfreeze) only the parameters that currently train
+        frozen = [p for m in phase.frozen for p in getattr(obj, m).parameters() if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            with self._autocast():
+                loss, stats = obj.loss(phase.name)
+            if loss.numel() != 1:
+                raise ValueError(f"loss({phase.name!r}) must be a scalar, got {tuple(loss.shape)}")
+            value = loss.detach().item()
+            if not math.isfinite(value):
+                path = self._checkpoint("nonfinite_step")
+                raise NonFiniteLossError(f"phase {phase.name!r} returned a non-finite loss "
+                                         f"({value}) at step {self.step} (iterations done, epoch "
+                                         f"{self.epoch}); state saved to {path}")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        return {f"loss/{phase.name}": value, **{k: float(v) for k, v in stats.items()}}
+
+    def _advance(self) -> None:
+        self.step, self.position = self.step + 1, self.position + 1
+        end_of_epoch = self.position == self.iters_per_epoch
+        if end_of_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        if end_of_epoch or self.config.schedule_unit == "step":
+            with warnings.catch_warnings():  # fp16 may skip the very first optimiser step
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler", UserWarning)
+                for s in self.schedulers.values():
+                    s.step()
+        self._boundary_rng, self._dirty = _rng_state(self._cuda), False
+
+    def _interrupted(self, signum: int, save: bool):
+        raise TrainingInterrupted(signum, self.step, self._checkpoint() if save else None)
+
+    def _log(self, writer, meter: dict, seconds: float, ticks: int) -> None:
+        """One stats.jsonl line and the same scalars to TensorBoard: epochs done (fractional), the
+        LR used last, the mean of each stat over the interval, timing (data loading and side work
+        included)."""
+        record = {"step": self.step, "epoch": round(self.step / self.iters_per_epoch, 6),
+                  **{f"lr/{k}": v for k, v in self._lr.items()},
+                  **{k: sum(v) / len(v) for k, v in meter.items()},
+                  "sec_per_iter": seconds / ticks,
+                  "img_per_sec": ticks * self.config.batch_size / seconds}
+        with open(self.run_dir / "stats.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for k, v in record.items():
+            if k != "step":
+                writer.add_scalar(k, v, self.step)
+        writer.flush()
+        self._record = record
+
+    def _write_samples(self) -> None:
+        if self._last_sample == self.step:
+            return
+        batch = {k: v.to(self.device) if torch.is_tensor(v) else v
+                 for k, v in self.sample_batch.items()}
+        self.objective.eval()
+        try:
+            with torch.no_grad(), _rng_preserved(self._cuda):
+                images = self.objective.samples(batch)
+        finally:
+            self.objective.train()
+        (self.run_dir / "samples").mkdir(exist_ok=True)
+        _save_sample_grid(images, self.run_dir / "samples" / f"step_{self.step:08d}.png")
+        self._last_sample = self.step
+
+    def _checkpoint(self, prefix: str = "step") -> Path:
+        """Everything needed to continue exactly; ``step_*`` files beyond ``keep_last`` are
+        deleted (never the one just written)."""
+        folder = self.run_dir / "checkpoints"
+        path = folder / f"{prefix}_{self.step:08d}.pt"
+        if prefix == "step" and self._last_ckpt == self.step and path.exists():
+            return path
+        folder.mkdir(exist_ok=True)
+        _atomic_save({"objective": self.objective.state_dict(),
+                      "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                      "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+                      "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
+                      "step": self.step, "epoch": self.epoch, "position": self.position,
+                      "rng": self._boundary_rng,  # as at the end of the last whole iteration
+                      "config": {"train": self.config.to_dict(), **self.extra_config}}, path)
+        if prefix == "step":
+            self._last_ckpt = self.step
+            older = [p for p in _checkpoints(folder) if p != path]
+            for p in older[: max(0, len(older) - (self.config.keep_last - 1))]:
+                p.unlink(missing_ok=True)
+        return path

@@ -1,0 +1,103 @@
+"""End to end: train on the built-in data, resume, translate, the CLI around them."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from patchcontrast.cli import main
+from patchcontrast.config import resolve_config
+from patchcontrast.data import write_generated_dataset
+from patchcontrast.pipeline import comparison_grid, latest_checkpoint, train, translate
+
+TINY = ["model.ngf=8", "model.ndf=8", "model.netF_nc=16", "model.num_patches=32",
+        "data.load_size=36", "data.crop_size=32", "data.builtin_train=8", "data.builtin_test=4",
+        "train.batch_size=2", "train.log_every=1", "train.sample_every=2",
+        "train.checkpoint_every=2"]
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATCHCONTRAST_CACHE", str(tmp_path / "cache"))
+
+
+def tiny(tmp_path, preset="cut-monce", *extra):
+    return resolve_config(preset, "cpu", run_dir=str(tmp_path / "run"),
+                          overrides=[*TINY, "train.max_steps=4", *extra])
+
+
+def test_train_then_translate_any_size(tmp_path):
+    summary = train(tiny(tmp_path))
+    assert summary["step"] == 4
+    run = tmp_path / "run"
+    assert latest_checkpoint(run).name == "step_00000004.pt"
+    stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert len(stats) == 4 and all(np.isfinite(s["NCE"]) for s in stats)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.full((37, 50, 3), 90, np.uint8)).save(images / "odd.jpg")
+    Image.fromarray(np.full((20, 24), 200, np.uint8), mode="L").save(images / "grey.png")
+    Image.fromarray(np.zeros((16, 16, 4), np.uint8), mode="RGBA").save(images / "alpha.png")
+    written = translate(run, images, tmp_path / "out", progress=False)
+    sizes = {p.name: Image.open(p).size for p in written}
+    assert sizes == {"odd.png": (50, 37), "grey.png": (24, 20), "alpha.png": (16, 16)}
+    assert json.loads((tmp_path / "out/translation.json").read_text())["images"] == 3
+    grid = comparison_grid(images, tmp_path / "out", tmp_path / "grid.png")
+    assert grid.is_file()
+
+
+def test_resume_continues_to_the_same_weights(tmp_path):
+    straight = train(tiny(tmp_path / "a", "cut", "train.deterministic=true"))
+    half = tiny(tmp_path / "b", "cut", "train.deterministic=true", "train.max_steps=2")
+    train(half)
+    resumed = train(tiny(tmp_path / "b", "cut", "train.deterministic=true"), resume=True)
+    assert straight["step"] == resumed["step"] == 4
+    a = torch.load(latest_checkpoint(tmp_path / "a/run"), weights_only=True)["objective"]
+    b = torch.load(latest_checkpoint(tmp_path / "b/run"), weights_only=True)["objective"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_train_on_a_folder_dataset(tmp_path):
+    write_generated_dataset(tmp_path / "data", n_train=4, n_test=2, size=(36, 36),
+                            progress=False)
+    summary = train(tiny(tmp_path, "cut-put", f"data.dataroot={tmp_path / 'data'}",
+                         "train.max_steps=2", "model.loss_options={k_neg: 4}"))
+    assert summary["step"] == 2
+
+
+def test_cli_dry_run_prints_the_config(capsys):
+    assert main(["train", "--preset", "fastcut", "--dry-run", "--set", "train.n_epochs=3"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["preset"] == "fastcut" and cfg["train"]["n_epochs"] == 3
+    assert cfg["model"]["flip_equivariance"] is True
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--set", "train.batch_size=0"], "batch_size must be an integer >= 1"),
+    (["train", "--set", "model.contrastive=infonce"], "contrastive must be one of"),
+    (["train", "--dataroot", "/nonexistent/folder", "--max-steps", "1"], "/nonexistent/folder"),
+    (["translate", "--checkpoint", "/nonexistent", "--input", ".", "--output", "out"],
+     "no checkpoint found"),
+])
+def test_cli_errors_are_clear(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, *(["--run-dir", str(tmp_path / "r")] if argv[0] == "train" else [])])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_train_and_translate(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    args = ["train", "--preset", "cut", "--run-dir", run, "--max-steps", "2"]
+    for item in TINY:
+        args += ["--set", item]
+    assert main(args) == 0
+    write_generated_dataset(tmp_path / "data", n_train=1, n_test=2, size=(40, 44),
+                            progress=False)
+    assert main(["translate", "--checkpoint", run, "--input", str(tmp_path / "data/testA"),
+                 "--output", str(tmp_path / "out")]) == 0
+    assert "wrote 2 images" in capsys.readouterr().out
