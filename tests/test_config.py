@@ -65,7 +65,7 @@ def test_file_then_overrides(tmp_path):
     ({"overrides": ["model.contrastive=monce", "model.loss_options={beta: -1}"]},
      "beta must be a positive"),
     ({"overrides": ["model.loss_options={beta: 0.5}"]}, "invalid option for loss 'patchnce'"),
-    ({"overrides": ["data.crop_size=30", "data.load_size=30"]}, "multiple of 4"),
+    ({"overrides": ["data.crop_size=30", "data.load_size=30"]}, "multiples of 4"),
     ({"overrides": ["model.nce_layers=[4, 0]"]}, "nce_layers must be distinct increasing"),
 ])
 def test_bad_configs_are_clear_errors(kwargs, match):
@@ -87,3 +87,15 @@ def test_data_config_validation():
         DataConfig(load_size=32, crop_size=64)
     with pytest.raises(ValueError, match="channels must be one of"):
         DataConfig(channels=2)
+
+
+def test_non_square_sizes():
+    cfg = resolve_config("cut", "cpu", overrides=["data.load_size=[72, 136]",
+                                                   "data.crop_size=[64, 128]"])
+    assert cfg.data.crop_size == (64, 128) and cfg.data.load_size == (72, 136)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        DataConfig(load_size=(72, 136), crop_size=(64, 126))
+    with pytest.raises(ValueError, match="must be >= crop_size"):
+        DataConfig(load_size=(60, 136), crop_size=(64, 128))
+    with pytest.raises(ValueError, match="an int or \\[height, width\\]"):
+        DataConfig(crop_size="64")

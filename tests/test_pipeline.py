@@ -101,3 +101,14 @@ def test_cli_train_and_translate(tmp_path, capsys):
     assert main(["translate", "--checkpoint", run, "--input", str(tmp_path / "data/testA"),
                  "--output", str(tmp_path / "out")]) == 0
     assert "wrote 2 images" in capsys.readouterr().out
+
+
+def test_train_non_square(tmp_path):
+    summary = train(tiny(tmp_path, "cut", "data.load_size=[36, 52]", "data.crop_size=[32, 48]",
+                         "train.max_steps=1"))
+    assert summary["step"] == 1
+    grid = next((tmp_path / "run/samples").glob("*.png"))
+    from PIL import Image
+
+    width, height = Image.open(grid).size
+    assert width > height  # columns of 48-px-wide images side by side

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -166,5 +167,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"patchcontrast {args.command}: error: {err}\n")
     except (KeyboardInterrupt, TrainingInterrupted) as err:
         print(f"\ninterrupted: {err}" if str(err) else "\ninterrupted", file=sys.stderr)
-        return 130
+        # shell convention 128 + signal number: 130 for Ctrl-C, 143 for SIGTERM
+        return 128 + getattr(err, "signum", signal.SIGINT)
     return 0

@@ -28,6 +28,16 @@ def _choice(name: str, value: object, choices: tuple) -> None:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
+def _sides(size: object, name: str) -> tuple[int, int]:
+    """An int or a [height, width] pair as (height, width)."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size, size
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(
+            isinstance(x, int) and not isinstance(x, bool) for x in size):
+        return size[0], size[1]
+    raise ValueError(f"{name} must be an int or [height, width]; got {size!r}")
+
+
 def _at_least(obj: object, low: float, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
@@ -91,8 +101,9 @@ class DataConfig:
     # "builtin" = the generated horse->zebra-like dataset (no download); otherwise a folder with
     # trainA/ trainB/ testA/ testB/.
     dataroot: str = "builtin"
-    load_size: int = 286
-    crop_size: int = 256
+    # an int (square) or [height, width]; sides of crop_size must be multiples of 4
+    load_size: int | tuple[int, int] = 286
+    crop_size: int | tuple[int, int] = 256
     direction: Literal["AtoB", "BtoA"] = "AtoB"
     flip: bool = True
     serial: bool = False
@@ -106,11 +117,12 @@ class DataConfig:
         _choice("direction", self.direction, ("AtoB", "BtoA"))
         _choice("on_bad", self.on_bad, ("error", "skip"))
         _choice("channels", self.channels, (1, 3))
-        _at_least(self, 4, "crop_size")
         _at_least(self, 1, "builtin_train", "builtin_test")
-        if self.crop_size % 4:
-            raise ValueError(f"crop_size must be a multiple of 4; got {self.crop_size}")
-        if self.load_size < self.crop_size:
+        load, crop = _sides(self.load_size, "load_size"), _sides(self.crop_size, "crop_size")
+        if any(side < 4 or side % 4 for side in crop):
+            raise ValueError(f"crop_size sides must be multiples of 4 (>= 4); "
+                             f"got {self.crop_size}")
+        if any(lo < c for lo, c in zip(load, crop)):
             raise ValueError(f"load_size ({self.load_size}) must be >= crop_size "
                              f"({self.crop_size})")
 
@@ -231,7 +243,8 @@ def _build(cls: type, values: dict[str, Any], section: str):
     coerced = {}
     for key, value in values.items():
         hint = hints[key]
-        if typing.get_origin(hint) is tuple and isinstance(value, list):
+        if isinstance(value, list) and (typing.get_origin(hint) is tuple or tuple in [
+                typing.get_origin(arg) for arg in typing.get_args(hint)]):
             value = tuple(value)
         if hint is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)

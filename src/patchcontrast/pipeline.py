@@ -22,8 +22,8 @@ def builtin_root(data: DataConfig) -> Path:
     """Cache folder of the generated dataset for these settings (``PATCHCONTRAST_CACHE``
     overrides ``~/.cache/patchcontrast``)."""
     cache = Path(os.environ.get("PATCHCONTRAST_CACHE", Path.home() / ".cache" / "patchcontrast"))
-    size = data.load_size
-    return cache / (f"generated-{size}px-seed{data.builtin_seed}"
+    h, w = (data.load_size, data.load_size) if isinstance(data.load_size, int) else data.load_size
+    return cache / (f"generated-{h}x{w}-seed{data.builtin_seed}"
                     f"-{data.builtin_train}x{data.builtin_test}")
 
 
