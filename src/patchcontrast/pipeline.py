@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from .config import DataConfig, UnpairedRunConfig, config_from_dict
 from .data import UnalignedDataset, list_images, load_image, write_generated_dataset
+from .data.generated import RENDER_VERSION
 from .objectives.unpaired import UnpairedObjective
 from .trainer import Trainer
 
@@ -23,7 +24,7 @@ def builtin_root(data: DataConfig) -> Path:
     overrides ``~/.cache/patchcontrast``)."""
     cache = Path(os.environ.get("PATCHCONTRAST_CACHE", Path.home() / ".cache" / "patchcontrast"))
     h, w = (data.load_size, data.load_size) if isinstance(data.load_size, int) else data.load_size
-    return cache / (f"generated-{h}x{w}-seed{data.builtin_seed}"
+    return cache / (f"generated-v{RENDER_VERSION}-{h}x{w}-seed{data.builtin_seed}"
                     f"-{data.builtin_train}x{data.builtin_test}")
 
 

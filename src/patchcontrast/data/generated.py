@@ -37,6 +37,9 @@ _DOMAIN_CODE = {"A": 0, "B": 1}
 _COATS = np.array([[150, 90, 50], [115, 65, 35], [80, 52, 35], [175, 135, 90],
                    [130, 125, 120], [95, 92, 90], [185, 180, 172]], dtype=np.float32)
 _PART_SHADE = {"far_leg": 0.8, "tail": 0.55, "ear": 0.85}  # plain coat brightness per part
+# Bump when the rendering changes, so that caches of rendered datasets are not reused.
+RENDER_VERSION = 2
+MIN_STRIPE_PERIOD = 4.0
 _PART_PERIOD = {"body": 1.0, "neck": 0.85, "head": 0.6, "leg": 0.6, "far_leg": 0.6,
                 "tail": 0.5, "ear": 0.5}  # zebra stripe period relative to the body's
 
@@ -171,7 +174,9 @@ def _coat(rng: np.random.Generator, domain: Domain, part: _Part, look: _Look) ->
         return lambda u, v: np.broadcast_to(colour, (u.size, 3))
     # Stripes run across each part's long axis (vertical on the body, rings on legs and neck),
     # turned by a small random angle and bent by a wave across the part.
-    period = max(look.period * _PART_PERIOD[part.kind], 2.5)
+    # At least 4 px (2-px stripes): finer stripes alias at low resolution and no small
+    # generator can learn them, which would make the 64 px demo pointless.
+    period = max(look.period * _PART_PERIOD[part.kind], MIN_STRIPE_PERIOD)
     turn, bend = rng.uniform(-0.3, 0.3), rng.uniform(0.5, 2.0)
     wave, phase = rng.uniform(0.5, 1.0) * math.pi / part.b, rng.uniform(0, 2 * math.pi)
     cut = rng.uniform(-0.25, 0.25)  # shifts the black/white balance
@@ -286,7 +291,7 @@ def write_generated_dataset(root: str | Path, *, n_train: int = 200, n_test: int
     root = Path(root)
     h, w = parse_size(size, "size")
     _check_counts(n_train, n_test)
-    settings = {"seed": seed, "size": [h, w]}
+    settings = {"seed": seed, "size": [h, w], "render_version": RENDER_VERSION}
     manifest = root / "generated.json"
     if manifest.exists() and json.loads(manifest.read_text()) != settings:
         raise ValueError(f"{root} holds a generated dataset made with {manifest.read_text()}, "
