@@ -66,21 +66,30 @@ def make_step(objective: UnpairedObjective, batch: dict):
     return step
 
 
-def measure(step, repeats: int, device: str) -> tuple[float, float]:
-    """Median seconds per iteration, peak MiB (CUDA allocator, or CPU max RSS growth)."""
+def measure(steps: list, repeats: int, device: str) -> list[float]:
+    """Median seconds per iteration of each step function, timed alternately (one iteration of
+    each per round) so that machine-speed drift affects all of them alike."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    step()  # warm-up (allocations, lazy inits)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times = []
+    for step in steps:
+        step()  # warm-up (allocations, lazy inits)
+    times: list[list[float]] = [[] for _ in steps]
     for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
-    return statistics.median(times), peak
+        for i, step in enumerate(steps):
+            sync()
+            start = time.perf_counter()
+            step()
+            sync()
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def peak_mib(step, device: str) -> float:
+    """Peak CUDA memory of one iteration in MiB (nan on CPU: no allocator statistics)."""
+    if device != "cuda":
+        return float("nan")
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    return torch.cuda.max_memory_allocated() / 2**20
 
 
 def main() -> None:
@@ -104,12 +113,12 @@ def main() -> None:
         g = torch.Generator().manual_seed(0)
         batch = {k: (torch.rand(batch_size, 3, size, size, generator=g) * 2 - 1).to(args.device)
                  for k in ("A", "B")}
-        results = []
+        steps = []
         for cls in (UnpairedObjective, UpstreamStyle):
             torch.manual_seed(0)
-            objective = cls(cfg.model).to(args.device)
-            results.append(measure(make_step(objective, batch), args.repeats, args.device))
-        (ours, peak), (upstream, _) = results
+            steps.append(make_step(cls(cfg.model).to(args.device), batch))
+        ours, upstream = measure(steps, args.repeats, args.device)
+        peak = peak_mib(steps[0], args.device)
         print(f"| {label:36s} | {ours:9.3f} | {upstream:19.3f} | {upstream / ours:5.2f} | "
               f"{peak:13.1f} |")
 
