@@ -30,6 +30,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "losses"))
 
+from _memory import peak_mib  # noqa: E402
 from naive import official_monce  # noqa: E402  (test oracle, see module docstring)
 
 from patchcontrast.losses import build_loss, monce, multilayer_loss  # noqa: E402
@@ -86,28 +87,6 @@ def time_all(losses: dict, qs, ks, repeats: int, device: str) -> dict[str, float
     return {label: 1e3 * statistics.median(t) for label, t in times.items()}
 
 
-def peak_memory(loss_fn, qs, ks, device: str) -> float:
-    """Peak memory allocated during one forward+backward above what existed before, in MiB."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step(loss_fn, qs, ks)
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    # CPU: replay the profiler's allocation/free events in order and track the running maximum.
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                profile_memory=True) as prof:
-        step(loss_fn, qs, ks)
-    # Allocations are attributed to the op that made them (its self usage), frees appear as
-    # "[memory]" events; both carry a timestamp.
-    events = sorted(prof.events(), key=lambda e: e.time_range.start)
-    current = peak = 0
-    for e in events:
-        current += e.self_cpu_memory_usage
-        peak = max(peak, current)
-    return peak / 2**20
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
@@ -130,7 +109,7 @@ def main() -> None:
             base_t = base_m = None
             for label, fn in LOSSES.items():
                 t = times[label]
-                m = peak_memory(fn, qs, ks, device)
+                m = peak_mib(lambda: step(fn, qs, ks), device)  # noqa: B023
                 base_t, base_m = base_t or t, base_m or m
                 print(f"| {label:40s} | {t:8.2f} | {t / base_t:11.2f} | {m:8.1f} "
                       f"| {m / base_m:11.2f} |")
