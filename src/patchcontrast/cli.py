@@ -56,6 +56,26 @@ def _translate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
 
 
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate", help="metrics between real and translated image folders",
+        formatter_class=Formatter,
+        description="Compute FID/KID (standard Inception via pytorch-fid; needs the local "
+        "weights file), SWD (x1e3, Progressive GAN protocol), and for the built-in data the "
+        "content score (mask IoU, needs --masks) and the domain score. Prints a table and writes "
+        "JSON with the image counts and metric settings.",
+    )
+    p.add_argument("--real", required=True, help="folder of real target-domain images")
+    p.add_argument("--fake", required=True, help="folder of translated images")
+    p.add_argument("--metrics", default="swd", help="comma-separated: swd,fid,kid,content,domain")
+    p.add_argument("--masks", default=None, help="source object masks (content metric)")
+    p.add_argument("--inception-weights", default=None,
+                   help="pt_inception-2015-12-05-6726825d.pth (else the torch hub cache)")
+    p.add_argument("--output", default=None, help="JSON file (default FAKE/../metrics.json)")
+    p.add_argument("--seed", type=int, default=0, help="seed of SWD and KID sampling")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+
+
 def _demo_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="train on the built-in dataset, translate its test split, write a grid",
@@ -115,7 +135,7 @@ def _train_config(args: argparse.Namespace):
 
 def _run(args: argparse.Namespace) -> None:
     # heavy imports (torchvision, tensorboard) only for the commands that need them
-    from . import pipeline
+    from . import evaluate, pipeline
 
     if args.command == "train":
         cfg = _train_config(args)
@@ -127,6 +147,14 @@ def _run(args: argparse.Namespace) -> None:
         written = pipeline.translate(args.checkpoint, args.input, args.output,
                                      batch_size=args.batch_size, device=args.device)
         print(f"wrote {len(written)} images to {args.output}")
+    elif args.command == "evaluate":
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        result = evaluate.evaluate_folders(args.real, args.fake, metrics=metrics, masks=args.masks,
+                                           inception_weights=args.inception_weights,
+                                           seed=args.seed, device=args.device)
+        target = evaluate.write_json(result, args.output or Path(args.fake).parent /
+                                     "metrics.json")
+        print(f"{evaluate.format_table(result)}\nwrote {target}")
     elif args.command == "demo":
         cfg = resolve_config(run_dir=args.run_dir)
         if args.max_steps is not None:
@@ -136,7 +164,12 @@ def _run(args: argparse.Namespace) -> None:
         out = Path(cfg.train.run_dir) / "test_translations"
         pipeline.translate(cfg.train.run_dir, test_a, out)
         grid = pipeline.comparison_grid(test_a, out, Path(cfg.train.run_dir) / "demo_grid.png")
-        print(f"translations of the test split: {out}\nsample grid: {grid}")
+        result = evaluate.evaluate_folders(
+            test_a.with_name("testB"), out, metrics=("swd", "content", "domain"),
+            masks=test_a.with_name("testA_masks"), swd_size=cfg.data.crop_size)
+        evaluate.write_json(result, Path(cfg.train.run_dir) / "metrics.json")
+        print(f"translations of the test split: {out}\nsample grid: {grid}\n"
+              f"{evaluate.format_table(result)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,10 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         "(CVPR 2022), PUT negative pruning (ACM MM 2022).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_train_parser, _translate_parser, _demo_parser, _loss_demo_parser,
-                _download_parser):
+    for add in (_train_parser, _translate_parser, _evaluate_parser, _demo_parser,
+                _loss_demo_parser, _download_parser):
         add(sub)
     args = parser.parse_args(argv)
+    from .metrics.fid import MissingWeightsError
     from .trainer import NonFiniteLossError, TrainingInterrupted
 
     try:
@@ -163,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.name}: ready in {result.folder}")
         else:
             _run(args)
-    except (ValueError, DownloadError, NonFiniteLossError) as err:
+    except (ValueError, DownloadError, NonFiniteLossError, MissingWeightsError) as err:
         parser.exit(2, f"patchcontrast {args.command}: error: {err}\n")
     except (KeyboardInterrupt, TrainingInterrupted) as err:
         print(f"\ninterrupted: {err}" if str(err) else "\ninterrupted", file=sys.stderr)

@@ -137,3 +137,14 @@ def test_classifier_training_is_seeded(tmp_path):
     c = domain_classifier(**settings, seed=1, cache_dir=tmp_path / "c").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_domain_score_trains_the_classifier_on_first_use(tmp_path):
+    # the first call happens inside domain_probabilities' no_grad: training must still work
+    from patchcontrast.data import render_sample
+    from patchcontrast.metrics import domain_score
+
+    images = [torch.from_numpy(render_sample("B", i, size=64)[0]).permute(2, 0, 1)
+              for i in range(4)]
+    assert domain_score(images, cache_dir=tmp_path) == 1.0
+    assert list((tmp_path / "domain_classifier").glob("*.pt"))

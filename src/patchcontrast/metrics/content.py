@@ -247,6 +247,7 @@ def _renders(n: int, offset: int, seed: int) -> tuple[Tensor, Tensor]:
     return _classifier_batch(images), torch.tensor(labels, dtype=torch.float32)
 
 
+@torch.enable_grad()  # the first call may come from inside no_grad (domain_probabilities)
 def _train(settings: dict) -> DomainClassifier:
     """Train on generated train renders: Adam, random flips, fixed seed."""
     images, labels = _renders(settings["n_train"], 0, settings["data_seed"])
