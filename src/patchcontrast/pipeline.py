@@ -7,6 +7,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 from torchvision.utils import save_image
@@ -115,9 +116,8 @@ def translate(checkpoint: str | Path, inputs: str | Path, output: str | Path, *,
     return written
 
 
-def _to_array(image):
-    import numpy as np
-
+def _to_array(image) -> np.ndarray:
+    """PIL image -> float32 (C, H, W) in [0, 1]."""
     array = np.asarray(image, dtype=np.float32) / 255.0
     return (array[None] if array.ndim == 2 else array.transpose(2, 0, 1)).copy()
 
