@@ -67,3 +67,31 @@ def test_cli_writes_json_and_reports_missing_weights(data, tmp_path, capsys, mon
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "pt_inception-2015-12-05-6726825d.pth" in err and "Traceback" not in err
+
+
+def test_evaluate_run_over_checkpoints(tmp_path, capsys):
+    import csv
+
+    from patchcontrast.config import resolve_config
+    from patchcontrast.pipeline import train
+
+    overrides = ["model.ngf=8", "model.ndf=8", "model.netF_nc=16", "model.num_patches=32",
+                 "data.load_size=36", "data.crop_size=32", "data.builtin_train=4",
+                 "data.builtin_test=3", "train.batch_size=2", "train.checkpoint_every=2",
+                 "train.max_steps=4", "train.sample_every=4"]
+    run = tmp_path / "run"
+    train(resolve_config("cut", "cpu", run_dir=str(run), overrides=overrides))
+    assert main(["evaluate", "--run", str(run), "--metrics", "swd,content"]) == 0
+    rows = list(csv.DictReader(open(run / "eval/metrics.csv")))
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert {"swd_avg", "content_iou"} <= set(rows[0])
+    summary = json.loads((run / "eval/summary.json").read_text())
+    assert summary["final"]["step"] == 4 and summary["best_selected_on_test_set"]["by"] == "swd_avg"
+    assert (run / "eval/metrics.png").stat().st_size > 0
+    assert "best_selected_on_test_set" in capsys.readouterr().out
+
+
+def test_evaluate_needs_folders_or_a_run(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--real", "x"])
+    assert "give --real and --fake folders, or --run" in capsys.readouterr().err

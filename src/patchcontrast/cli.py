@@ -65,8 +65,12 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         "content score (mask IoU, needs --masks) and the domain score. Prints a table and writes "
         "JSON with the image counts and metric settings.",
     )
-    p.add_argument("--real", required=True, help="folder of real target-domain images")
-    p.add_argument("--fake", required=True, help="folder of translated images")
+    p.add_argument("--real", default=None, help="folder of real target-domain images")
+    p.add_argument("--fake", default=None, help="folder of translated images")
+    p.add_argument("--run", default=None,
+                   help="instead of --real/--fake: translate the run's test split with every "
+                   "saved checkpoint and evaluate each (CSV, plot, final and best)")
+    p.add_argument("--select", default="swd_avg", help="with --run: metric picking the best")
     p.add_argument("--metrics", default="swd", help="comma-separated: swd,fid,kid,content,domain")
     p.add_argument("--masks", default=None, help="source object masks (content metric)")
     p.add_argument("--inception-weights", default=None,
@@ -149,6 +153,16 @@ def _run(args: argparse.Namespace) -> None:
         print(f"wrote {len(written)} images to {args.output}")
     elif args.command == "evaluate":
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        if args.run is not None:
+            summary = evaluate.evaluate_run(args.run, metrics=metrics, select=args.select,
+                                            inception_weights=args.inception_weights,
+                                            device=args.device)
+            print(json.dumps({k: summary[k] for k in ("final", "best_selected_on_test_set")},
+                             indent=2))
+            print(f"wrote {Path(args.run) / 'eval'}/metrics.csv, metrics.png, summary.json")
+            return
+        if args.real is None or args.fake is None:
+            raise ValueError("give --real and --fake folders, or --run RUN_DIR")
         result = evaluate.evaluate_folders(args.real, args.fake, metrics=metrics, masks=args.masks,
                                            inception_weights=args.inception_weights,
                                            seed=args.seed, device=args.device)

@@ -89,3 +89,72 @@ def write_json(result: dict, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     return path
+
+
+def evaluate_run(run_dir: str | Path, *, metrics: Sequence[str] = ("swd",), select: str = "swd_avg",
+                 inception_weights: str | Path | None = None, device: str = "cpu",
+                 progress: bool = True) -> dict:
+    """Translate the test split with every checkpoint of a run and evaluate each.
+
+    Writes ``RUN_DIR/eval/metrics.csv`` (one row per checkpoint), ``metrics.png`` (each metric
+    against the step) and ``summary.json`` with the final checkpoint and the best one by
+    ``select`` (lower is better) — the latter is selected on the test set, as the official
+    repos do, and labelled so. Translations go to ``RUN_DIR/eval/step_XXXXXXXX/``.
+    """
+    import csv
+
+    from . import pipeline
+
+    run_dir = Path(run_dir)
+    checkpoints = sorted((run_dir / "checkpoints").glob("step_*.pt"))
+    if not checkpoints:
+        raise ValueError(f"no checkpoints in {run_dir / 'checkpoints'}")
+    _, cfg, _ = pipeline.load_objective(checkpoints[-1], device)
+    root = pipeline.builtin_root(cfg.data) if cfg.data.dataroot == "builtin" \
+        else Path(cfg.data.dataroot)
+    source, target = ("testA", "testB") if cfg.data.direction == "AtoB" else ("testB", "testA")
+    masks = root / f"{source}_masks"
+    out = run_dir / "eval"
+    rows = []
+    for checkpoint in checkpoints:
+        step = int(checkpoint.stem.split("_")[1])
+        fake = out / checkpoint.stem
+        pipeline.translate(checkpoint, root / source, fake, device=device, progress=progress)
+        result = evaluate_folders(root / target, fake, metrics=metrics,
+                                  masks=masks if masks.is_dir() else None,
+                                  inception_weights=inception_weights, device=device,
+                                  progress=progress)
+        rows.append({"step": step, **result["metrics"]})
+    if select not in rows[0]:
+        raise ValueError(f"cannot select by {select!r}; computed: {', '.join(rows[0])}")
+    with open(out / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    best = min(rows, key=lambda r: r[select])
+    summary = {"run_dir": str(run_dir), "real": str(root / target), "n_checkpoints": len(rows),
+               "final": rows[-1], "best_selected_on_test_set": {"by": select, **best},
+               "settings": result["settings"], "n_real": result.get("n_real"),
+               "n_fake": result["n_fake"]}
+    write_json(summary, out / "summary.json")
+    _plot(rows, out / "metrics.png")
+    return summary
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    names = [k for k in rows[0] if k != "step"]
+    fig, axes = plt.subplots(len(names), 1, figsize=(6, 2.2 * len(names)), squeeze=False)
+    steps = [r["step"] for r in rows]
+    for ax, name in zip(axes[:, 0], names):
+        ax.plot(steps, [r[name] for r in rows], marker="o")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("training step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
