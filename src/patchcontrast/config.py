@@ -16,16 +16,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .losses import CONTRASTIVE_LOSSES, build_loss
+from .losses._common import check_choice
 from .losses.adversarial import GAN_MODES, GanMode
 from .trainer import TrainConfig
 
 Contrastive = Literal["patchnce", "weightnce", "monce", "put", "none", "cycle"]
 CONTRASTIVE_CHOICES = (*CONTRASTIVE_LOSSES, "none", "cycle")
-
-
-def _choice(name: str, value: object, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
 def _sides(size: object, name: str) -> tuple[int, int]:
@@ -75,8 +71,8 @@ class CUTConfig:
     betas: tuple[float, float] = (0.5, 0.999)
 
     def __post_init__(self) -> None:
-        _choice("gan_mode", self.gan_mode, GAN_MODES)
-        _choice("contrastive", self.contrastive, CONTRASTIVE_CHOICES)
+        check_choice("gan_mode", self.gan_mode, GAN_MODES)
+        check_choice("contrastive", self.contrastive, CONTRASTIVE_CHOICES)
         _at_least(self, 1, "input_nc", "output_nc", "ngf", "n_blocks", "ndf", "n_layers_d",
                   "num_patches", "netF_nc")
         _at_least(self, 0, "lambda_gan", "lambda_nce", "lambda_cycle")
@@ -114,9 +110,9 @@ class DataConfig:
     builtin_seed: int = 0
 
     def __post_init__(self) -> None:
-        _choice("direction", self.direction, ("AtoB", "BtoA"))
-        _choice("on_bad", self.on_bad, ("error", "skip"))
-        _choice("channels", self.channels, (1, 3))
+        check_choice("direction", self.direction, ("AtoB", "BtoA"))
+        check_choice("on_bad", self.on_bad, ("error", "skip"))
+        check_choice("channels", self.channels, (1, 3))
         _at_least(self, 1, "builtin_train", "builtin_test")
         load, crop = _sides(self.load_size, "load_size"), _sides(self.crop_size, "crop_size")
         if any(side < 4 or side % 4 for side in crop):
@@ -170,8 +166,8 @@ def resolve_config(preset: str = "cut-monce", scale: str = "cpu", *, run_dir: st
                    file: str | Path | None = None,
                    overrides: typing.Sequence[str] = ()) -> UnpairedRunConfig:
     """Preset -> scale -> file -> ``section.key=value`` overrides -> validated config."""
-    _choice("preset", preset, tuple(PRESETS))
-    _choice("scale", scale, tuple(SCALES))
+    check_choice("preset", preset, tuple(PRESETS))
+    check_choice("scale", scale, tuple(SCALES))
     tree: dict[str, dict[str, Any]] = {"model": {}, "data": {}, "train": {}}
     layers = [PRESETS[preset], SCALES[scale]]
     if preset == "cut-monce" and scale == "cpu":

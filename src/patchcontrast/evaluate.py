@@ -109,7 +109,8 @@ def evaluate_run(run_dir: str | Path, *, metrics: Sequence[str] = ("swd",), sele
     checkpoints = sorted((run_dir / "checkpoints").glob("step_*.pt"))
     if not checkpoints:
         raise ValueError(f"no checkpoints in {run_dir / 'checkpoints'}")
-    _, cfg, _ = pipeline.load_objective(checkpoints[-1], device)
+    # the run's config, without loading any weights (translate loads each checkpoint itself)
+    cfg = pipeline.run_config(run_dir)
     root = pipeline.builtin_root(cfg.data) if cfg.data.dataroot == "builtin" \
         else Path(cfg.data.dataroot)
     source, target = ("testA", "testB") if cfg.data.direction == "AtoB" else ("testB", "testA")

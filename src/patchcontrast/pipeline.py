@@ -74,6 +74,14 @@ def latest_checkpoint(path: str | Path) -> Path:
     return found[-1]
 
 
+def run_config(run_dir: str | Path) -> UnpairedRunConfig:
+    """The resolved config a run saved as ``RUN_DIR/config.json``."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{run_dir} is not a run folder: {path} is missing")
+    return config_from_dict(json.loads(path.read_text()))
+
+
 def load_objective(checkpoint: str | Path, device: str = "cpu"
                    ) -> tuple[UnpairedObjective, UnpairedRunConfig, Path]:
     path = latest_checkpoint(checkpoint)

@@ -28,7 +28,7 @@ WEIGHTINGS = ("hard", "easy")
 DIAGONAL_SIMILARITY = -10.0
 
 
-def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+def check_choice(name: str, value: object, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 

@@ -98,9 +98,7 @@ def monce(
     """
     _check_common(q, tau, negatives, reduction)
     _check_weighting(weighting, beta, Q)
-    check_int("iters", iters, low=1)
-    _check_tol(tol)
-    check_choice("diagonal", diagonal, DIAGONALS)
+    _check_solver(iters, tol, diagonal)
     n = check_group_size(q, negatives)
     if tol == "auto":
         tol = AUTO_TOL[q.dtype]
@@ -115,9 +113,12 @@ def monce(
     return reduce(loss, q.shape, reduction)
 
 
-def _check_tol(tol: object) -> None:
+def _check_solver(iters: object, tol: object, diagonal: object) -> None:
+    """Checks of monce's Sinkhorn options, shared by the function and the module."""
+    check_int("iters", iters, low=1)
     if tol is not None and tol != "auto":
         check_positive("tol", tol)  # type: ignore[arg-type]
+    check_choice("diagonal", diagonal, DIAGONALS)
 
 
 class MoNCELoss(PatchNCELoss):
@@ -131,8 +132,6 @@ class MoNCELoss(PatchNCELoss):
                  negatives: Negatives = "image", reduction: Reduction = "mean") -> None:
         super().__init__(tau=tau, negatives=negatives, reduction=reduction)
         _check_weighting(weighting, beta, Q)
-        check_int("iters", iters, low=1)
-        _check_tol(tol)
-        check_choice("diagonal", diagonal, DIAGONALS)
+        _check_solver(iters, tol, diagonal)
         self.options.update(weighting=weighting, beta=beta, Q=Q, iters=iters, tol=tol,
                             grad_through_plan=grad_through_plan, diagonal=diagonal)
