@@ -1,9 +1,11 @@
 """``patchcontrast evaluate`` on the built-in data (SWD, content, domain; FID needs weights)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from patchcontrast.cli import main
@@ -94,4 +96,79 @@ def test_evaluate_run_over_checkpoints(tmp_path, capsys):
 def test_evaluate_needs_folders_or_a_run(capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--real", "x"])
-    assert "give --real and --fake folders, or --run" in capsys.readouterr().err
+    assert "give --real and --fake folders" in capsys.readouterr().err
+
+
+class _Brightness(torch.nn.Module):
+    """A fixed 'segmenter' for the tests: class 1 where the image is darker than its mean."""
+
+    def forward(self, x):
+        grey = x.mean(1, keepdim=True)
+        dark = grey.mean((2, 3), keepdim=True) - grey
+        return torch.cat([-dark, dark], 1) * 10
+
+
+def _expected_miou(data, stems):
+    """mIoU of _Brightness on the B images vs their masks, straight from numpy."""
+    confusion = np.zeros((2, 2), np.int64)
+    for stem in stems:
+        image = np.asarray(Image.open(data / "testB" / f"{stem}.png"), np.float64) / 255
+        grey = image.mean(2)
+        pred = (grey < grey.mean()).astype(np.int64)
+        true = (np.asarray(Image.open(data / "testB_masks" / f"{stem}.png")) > 127).astype(int)
+        np.add.at(confusion, (true.ravel(), pred.ravel()), 1)
+    tp = np.diag(confusion)
+    return float(np.mean(tp / (confusion.sum(0) + confusion.sum(1) - tp)))
+
+
+@pytest.fixture(scope="module")
+def labels(data):
+    folder = data / "testB_labels"
+    folder.mkdir(exist_ok=True)
+    for mask in sorted((data / "testB_masks").glob("*.png")):
+        ids = (np.asarray(Image.open(mask)) > 127).astype(np.uint8)
+        Image.fromarray(ids).save(folder / mask.name)  # class ids 0/1, mode L
+    return folder
+
+
+def test_segmentation_from_the_cli_torchscript_and_entry_point(data, labels, tmp_path,
+                                                                monkeypatch, capsys):
+    stems = [p.stem for p in sorted((data / "testB").glob("*.png"))]
+    expected = _expected_miou(data, stems)
+    scripted = tmp_path / "seg.pt"
+    torch.jit.save(torch.jit.trace(_Brightness(), torch.rand(1, 3, 8, 8)), scripted)
+    (tmp_path / "my_segmenter.py").write_text(
+        "import torch\n"
+        "def build():\n"
+        "    return torch.jit.load(" + repr(str(scripted)) + ")\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    exported = tmp_path / "seg.pt2"
+    dynamic = {"x": {0: torch.export.Dim.DYNAMIC}}  # any batch size
+    torch.export.save(torch.export.export(_Brightness(), (torch.rand(2, 3, 64, 64),),
+                                         dynamic_shapes=dynamic), exported)
+    for model in (str(scripted), "my_segmenter:build", str(exported)):
+        out = tmp_path / f"seg-{Path(model).suffix or 'entry'}.json"
+        assert main(["evaluate", "--fake", str(data / "testB"), "--metrics", "segmentation",
+                     "--labels", str(labels), "--seg-model", model, "--num-classes", "2",
+                     "--output", str(out)]) == 0
+        result = json.loads(out.read_text())
+        assert result["metrics"]["seg_miou"] == pytest.approx(expected, abs=1e-12)
+        assert 0 < result["metrics"]["seg_pixel_accuracy"] <= 1
+        assert result["settings"]["segmentation"]["num_classes"] == 2
+    assert "seg_miou" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--metrics", "segmentation"], "needs --labels"),
+    (["--metrics", "segmentation", "--labels", "{labels}", "--seg-model", "nope.missing:fn",
+      "--num-classes", "2"], "cannot load segmentation model entry point"),
+    (["--metrics", "segmentation", "--labels", "{data}/testB", "--seg-model", "x.pt",
+      "--num-classes", "2"], "single-channel class ids"),
+    (["--metrics", "swd"], "give --real and --fake"),
+])
+def test_segmentation_errors_are_clear(data, labels, argv, message, capsys):
+    argv = [a.format(labels=labels, data=data) for a in argv]
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "--fake", str(data / "testB"), *argv])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err

@@ -71,8 +71,17 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
                    help="instead of --real/--fake: translate the run's test split with every "
                    "saved checkpoint and evaluate each (CSV, plot, final and best)")
     p.add_argument("--select", default="swd_avg", help="with --run: metric picking the best")
-    p.add_argument("--metrics", default="swd", help="comma-separated: swd,fid,kid,content,domain")
+    p.add_argument("--metrics", default="swd",
+                   help="comma-separated: swd,fid,kid,content,domain,segmentation")
     p.add_argument("--masks", default=None, help="source object masks (content metric)")
+    p.add_argument("--labels", default=None,
+                   help="segmentation metric: class-id label maps named like the translations")
+    p.add_argument("--seg-model", default=None,
+                   help="segmentation metric: TorchScript file, or entry point module:name "
+                   "(a model or a zero-argument factory); images in [0, 1] -> logits")
+    p.add_argument("--num-classes", type=int, default=None, help="segmentation metric: classes")
+    p.add_argument("--ignore-index", type=int, default=255,
+                   help="segmentation metric: label value left out of the scores")
     p.add_argument("--inception-weights", default=None,
                    help="pt_inception-2015-12-05-6726825d.pth (else the torch hub cache)")
     p.add_argument("--output", default=None, help="JSON file (default FAKE/../metrics.json)")
@@ -161,11 +170,15 @@ def _run(args: argparse.Namespace) -> None:
                              indent=2))
             print(f"wrote {Path(args.run) / 'eval'}/metrics.csv, metrics.png, summary.json")
             return
-        if args.real is None or args.fake is None:
-            raise ValueError("give --real and --fake folders, or --run RUN_DIR")
+        if args.fake is None or (args.real is None and set(metrics) & {"swd", "fid", "kid"}):
+            raise ValueError("give --real and --fake folders (--fake alone for content, domain "
+                             "and segmentation), or --run RUN_DIR")
         result = evaluate.evaluate_folders(args.real, args.fake, metrics=metrics, masks=args.masks,
                                            inception_weights=args.inception_weights,
-                                           seed=args.seed, device=args.device)
+                                           seed=args.seed, device=args.device,
+                                           labels=args.labels, seg_model=args.seg_model,
+                                           num_classes=args.num_classes,
+                                           ignore_index=args.ignore_index)
         target = evaluate.write_json(result, args.output or Path(args.fake).parent /
                                      "metrics.json")
         print(f"{evaluate.format_table(result)}\nwrote {target}")

@@ -11,30 +11,37 @@ import torch
 
 from .data import list_images, load_image
 
-METRICS = ("swd", "fid", "kid", "content", "domain")
+METRICS = ("swd", "fid", "kid", "content", "domain", "segmentation")
 
 
 def _load_uint8(paths: Sequence[Path]) -> list[torch.Tensor]:
     return [torch.from_numpy(np.array(load_image(p, 3))).permute(2, 0, 1) for p in paths]
 
 
-def evaluate_folders(real: str | Path, fake: str | Path, *, metrics: Sequence[str] = ("swd",),
+def evaluate_folders(real: str | Path | None, fake: str | Path, *, metrics: Sequence[str] = ("swd",),
                      masks: str | Path | None = None, inception_weights: str | Path | None = None,
                      swd_size: int = 256, seed: int = 0, device: str = "cpu",
-                     cache_dir: str | Path | None = None, progress: bool = True) -> dict:
+                     cache_dir: str | Path | None = None, progress: bool = True,
+                     labels: str | Path | None = None, seg_model: str | None = None,
+                     num_classes: int | None = None, ignore_index: int = 255) -> dict:
     """Compute ``metrics`` and return them with the settings that produced them.
 
     ``fid``/``kid``: standard Inception features through pytorch-fid (local weights needed).
     ``content``: IoU between the source object masks in ``masks`` (matched to the translations
     by file stem, e.g. the built-in ``testA_masks``) and the object detected in each translation.
     ``domain``: fraction of translations the built-in A-vs-B classifier calls B.
+    ``segmentation``: mIoU, pixel and class accuracy (Cityscapes protocol, see
+    ``metrics.segmentation``) of ``seg_model`` (TorchScript file or ``module:name`` entry point)
+    on the translations against the class-id label maps in ``labels`` (matched by file stem).
     """
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from "
                          f"{', '.join(METRICS)}")
+    if real is None and set(metrics) & {"swd", "fid", "kid"}:
+        raise ValueError("swd, fid and kid compare with real images: give the real folder")
     fake_paths = list_images(fake)
-    result: dict = {"real": str(real), "fake": str(fake), "n_fake": len(fake_paths),
+    result: dict = {"real": None if real is None else str(real), "fake": str(fake), "n_fake": len(fake_paths),
                     "metrics": {}, "settings": {"seed": seed}}
     if "swd" in metrics:
         from .metrics import swd_from_folders
@@ -70,11 +77,44 @@ def evaluate_folders(real: str | Path, fake: str | Path, *, metrics: Sequence[st
                   for p in fake_paths]
         score = content_score(source, _load_uint8(fake_paths))
         result["metrics"]["content_iou"] = score["mean_iou"]
+    if "segmentation" in metrics:
+        result["metrics"].update(_segmentation(fake_paths, labels, seg_model, num_classes,
+                                               ignore_index, device))
+        result["settings"]["segmentation"] = {
+            "model": str(seg_model), "num_classes": num_classes, "ignore_index": ignore_index,
+            "resolution": "label (logits resized bilinearly to the label map)"}
     if "domain" in metrics:
         from .metrics import domain_score
 
         result["metrics"]["domain_b"] = domain_score(_load_uint8(fake_paths))
     return result
+
+
+def _segmentation(fake_paths: Sequence[Path], labels: str | Path | None, model: str | None,
+                  num_classes: int | None, ignore_index: int, device: str) -> dict:
+    from PIL import Image
+
+    from .metrics import segmentation_metrics
+
+    if labels is None or model is None or num_classes is None:
+        raise ValueError("the segmentation metric needs --labels (class-id label maps named like "
+                         "the translations), --seg-model and --num-classes")
+    label_files = {p.stem: p for p in list_images(labels)}
+    missing = [p.name for p in fake_paths if p.stem not in label_files]
+    if missing:
+        raise ValueError(f"no label map in {labels} for {len(missing)} translation(s), e.g. "
+                         f"{', '.join(missing[:5])}")
+    maps = []
+    for p in fake_paths:
+        with Image.open(label_files[p.stem]) as im:
+            if im.mode not in ("L", "P", "I", "I;16"):
+                raise ValueError(f"{label_files[p.stem]} is a {im.mode} image; label maps must "
+                                 "be single-channel class ids (mode L, P or I)")
+            maps.append(torch.from_numpy(np.array(im).astype(np.int64)))
+    scores = segmentation_metrics(model, _load_uint8(fake_paths), maps, num_classes,
+                                  ignore_index, device=device)
+    return {"seg_miou": scores["miou"], "seg_pixel_accuracy": scores["pixel_accuracy"],
+            "seg_class_accuracy": scores["mean_class_accuracy"]}
 
 
 def format_table(result: dict) -> str:

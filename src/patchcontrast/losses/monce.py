@@ -63,6 +63,7 @@ def monce(
     tol: float | Literal["auto"] | None = "auto",
     grad_through_plan: bool = True,
     diagonal: Diagonal = "upstream",
+    detach_keys: bool = True,
     negatives: Negatives = "image",
     reduction: Reduction = "mean",
 ) -> Tensor:
@@ -85,7 +86,8 @@ def monce(
     inside the 1e-5 parity our tests demand; unconverged problems (small beta) still run all 50.
 
     Args:
-        q, k: ``(B, N, C)`` L2-normalised features; ``k`` is detached (also inside the plan).
+        q, k: ``(B, N, C)`` L2-normalised features; ``k`` is detached (also inside the plan)
+            unless ``detach_keys=False``.
         weighting: ``"hard"`` (unpaired, paper default) or ``"easy"`` (paired/SPADE).
         beta: Sinkhorn regularisation (official option ``--eps``; paper default 0.1).
         Q: total weight of the negatives relative to the ``n - 1`` of PatchNCE.
@@ -102,7 +104,7 @@ def monce(
     n = check_group_size(q, negatives)
     if tol == "auto":
         tol = AUTO_TOL[q.dtype]
-    s, eye = _similarities(q, k, negatives)
+    s, eye = _similarities(q, k, negatives, detach_keys)
     cost = monce_cost(s if grad_through_plan else s.detach(), weighting=weighting,
                       diagonal=diagonal)
     ones = torch.ones(s.shape[:2], dtype=s.dtype, device=s.device)  # unit marginals, (G, n)
@@ -129,9 +131,74 @@ class MoNCELoss(PatchNCELoss):
     def __init__(self, *, tau: float = 0.07, weighting: Weighting = "hard", beta: float = 0.1,
                  Q: float = 1.0, iters: int = 50, tol: float | Literal["auto"] | None = "auto",
                  grad_through_plan: bool = True, diagonal: Diagonal = "upstream",
-                 negatives: Negatives = "image", reduction: Reduction = "mean") -> None:
-        super().__init__(tau=tau, negatives=negatives, reduction=reduction)
+                 negatives: Negatives = "image", detach_keys: bool = True,
+                 reduction: Reduction = "mean") -> None:
+        super().__init__(tau=tau, negatives=negatives, detach_keys=detach_keys,
+                         reduction=reduction)
         _check_weighting(weighting, beta, Q)
         _check_solver(iters, tol, diagonal)
         self.options.update(weighting=weighting, beta=beta, Q=Q, iters=iters, tol=tol,
                             grad_through_plan=grad_through_plan, diagonal=diagonal)
+
+
+@full_precision
+def monce_spade_official(
+    q: Tensor,
+    k: Tensor,
+    *,
+    tau: float = 0.07,
+    eps: float = 1.0,
+    ot_weight: float = 128.0,
+    iters: int = 50,
+    tol: float | Literal["auto"] | None = "auto",
+    negatives: Negatives = "image",
+    detach_keys: bool = True,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""The released MoNCE-SPADE loss of the last VGG layer (METHODS.md §1.6, "CoNCE").
+
+    Not the paper's formula: a 'hard' kernel ``exp(s / eps)`` (eps hard-coded to 1 upstream,
+    although the paper uses easy weighting for paired tasks), weights ``f = ot_weight T + 1e-8``
+    without the ``(n - 1) Q`` decomposition (``ot_weight`` ~ 255 Q; the training scripts use
+    128), and a modified positive logit:
+
+    .. math::
+        \ell_i = -\log \frac{e^{s_{ii}/\tau} \max_j f_{ij}}
+                 {e^{s_{ii}/\tau} \max_j f_{ij} + \sum_{j \ne i} f_{ij} e^{s_{ij}/\tau}
+                  + e^{-10/\tau}}
+
+    i.e. ``s_ii + tau log max_j f_ij`` as positive logit. Gradients flow through the plan, as
+    upstream. Offered to reproduce the released code; :func:`monce` is the paper's loss.
+    """
+    _check_common(q, tau, negatives, reduction)
+    check_positive("eps", eps)
+    check_positive("ot_weight", ot_weight)
+    _check_solver(iters, tol, "upstream")
+    if tol == "auto":
+        tol = AUTO_TOL[q.dtype]
+    s, eye = _similarities(q, k, negatives, detach_keys)
+    cost = monce_cost(s, weighting="hard", diagonal="upstream")
+    ones = torch.ones(s.shape[:2], dtype=s.dtype, device=s.device)
+    plan = solve(cost, eps=float(eps), a=ones, b=ones, iters=iters, tol=tol)  # (G, n, n)
+    log_f = torch.log(plan * ot_weight + WEIGHT_FLOOR)
+    positive = s.diagonal(dim1=1, dim2=2) + tau * log_f.amax(-1)  # (G, n)
+    weighted = _upstream_diagonal(s + tau * log_f, eye)
+    loss = contrastive_loss(positive / tau, weighted / tau)
+    return reduce(loss, q.shape, reduction)
+
+
+class MoNCESpadeOfficialLoss(PatchNCELoss):
+    """Module form of :func:`monce_spade_official`."""
+
+    fn = staticmethod(monce_spade_official)
+
+    def __init__(self, *, tau: float = 0.07, eps: float = 1.0, ot_weight: float = 128.0,
+                 iters: int = 50, tol: float | Literal["auto"] | None = "auto",
+                 negatives: Negatives = "image", detach_keys: bool = True,
+                 reduction: Reduction = "mean") -> None:
+        super().__init__(tau=tau, negatives=negatives, detach_keys=detach_keys,
+                         reduction=reduction)
+        check_positive("eps", eps)
+        check_positive("ot_weight", ot_weight)
+        _check_solver(iters, tol, "upstream")
+        self.options.update(eps=eps, ot_weight=ot_weight, iters=iters, tol=tol)

@@ -2,7 +2,9 @@
 
 All functions take L2-normalised patch features ``q`` (generated image, anchors; gradient flows)
 and ``k`` (source image at the same locations; detached here, as upstream) of shape ``(B, N, C)``
-and return per-anchor losses ``(B, N)`` for ``reduction="none"``.
+and return per-anchor losses ``(B, N)`` for ``reduction="none"``. ``detach_keys=False`` lets the
+gradient reach ``k`` as well (the bidirectional paired variant of MoNCE Table 4, where the
+generated image is the key of the reverse direction).
 
 Within a group of n patches, ``s_ij = q_i . k_j``; ``s_ii`` is the positive pair and every
 ``j != i`` of the same group is a negative.
@@ -38,9 +40,11 @@ Selection = Literal["hardest", "official", "easiest", "random"]
 SELECTIONS = ("hardest", "official", "easiest", "random")
 
 
-def _similarities(q: Tensor, k: Tensor, negatives: Negatives) -> tuple[Tensor, Tensor]:
-    """Group the patches and return ``(S, eye)``: ``S`` is ``(G, n, n)``, keys detached."""
-    qg, kg = group(q, negatives), group(k.detach(), negatives)
+def _similarities(q: Tensor, k: Tensor, negatives: Negatives, detach_keys: bool = True
+                  ) -> tuple[Tensor, Tensor]:
+    """Group the patches and return ``(S, eye)``: ``S`` is ``(G, n, n)``; keys detached unless
+    ``detach_keys=False``."""
+    qg, kg = group(q, negatives), group(k.detach() if detach_keys else k, negatives)
     s = torch.bmm(qg, kg.transpose(1, 2))
     eye = torch.eye(s.shape[-1], dtype=torch.bool, device=s.device)
     return s, eye
@@ -52,6 +56,7 @@ def patch_nce(
     k: Tensor,
     *,
     tau: float = 0.07,
+    detach_keys: bool = True,
     negatives: Negatives = "image",
     reduction: Reduction = "mean",
 ) -> Tensor:
@@ -66,7 +71,8 @@ def patch_nce(
     :func:`weight_nce` and :func:`monce` keep it too.
 
     Args:
-        q, k: ``(B, N, C)`` L2-normalised features; ``k`` is detached.
+        q, k: ``(B, N, C)`` L2-normalised features; ``k`` is detached unless
+            ``detach_keys=False`` (then gradients reach both).
         tau: temperature.
         negatives: ``"image"`` (negatives from the same image, CUT) or ``"batch"`` (from the
             whole minibatch, SinCUT).
@@ -78,7 +84,7 @@ def patch_nce(
         torch.Size([])
     """
     _check_common(q, tau, negatives, reduction)
-    s, eye = _similarities(q, k, negatives)
+    s, eye = _similarities(q, k, negatives, detach_keys)
     loss = contrastive_loss(s.diagonal(dim1=1, dim2=2) / tau, _upstream_diagonal(s, eye) / tau)
     return reduce(loss, q.shape, reduction)
 
@@ -93,6 +99,7 @@ def weight_nce(
     beta: float = 0.1,
     Q: float = 1.0,
     detach_weights: bool = False,
+    detach_keys: bool = True,
     negatives: Negatives = "image",
     reduction: Reduction = "mean",
 ) -> Tensor:
@@ -117,7 +124,7 @@ def weight_nce(
     _check_common(q, tau, negatives, reduction)
     _check_weighting(weighting, beta, Q)
     n = check_group_size(q, negatives)
-    s, eye = _similarities(q, k, negatives)
+    s, eye = _similarities(q, k, negatives, detach_keys)
     sign = 1.0 if weighting == "hard" else -1.0
     scores = (s.detach() if detach_weights else s) * (sign / beta)
     log_w = torch.log_softmax(scores.masked_fill(eye, float("-inf")), dim=-1)
@@ -134,6 +141,7 @@ def put(
     tau: float = 0.07,
     k_neg: int = 5,
     selection: Selection = "hardest",
+    detach_keys: bool = True,
     negatives: Negatives = "image",
     generator: torch.Generator | None = None,
     reduction: Reduction = "mean",
@@ -164,7 +172,7 @@ def put(
     check_choice("selection", selection, SELECTIONS)
     n = check_group_size(q, negatives)
     check_int("k_neg", k_neg, low=1, high=n - 1)
-    s, eye = _similarities(q, k, negatives)
+    s, eye = _similarities(q, k, negatives, detach_keys)
     positive = s.diagonal(dim1=1, dim2=2)  # (G, n)
     if selection == "official":
         # (G*n, n): the column sort runs over every anchor of every group.
@@ -209,13 +217,13 @@ class PatchNCELoss(nn.Module):
     fn = staticmethod(patch_nce)
 
     def __init__(self, *, tau: float = 0.07, negatives: Negatives = "image",
-                 reduction: Reduction = "mean") -> None:
+                 detach_keys: bool = True, reduction: Reduction = "mean") -> None:
         super().__init__()
         check_positive("tau", tau)
         check_choice("negatives", negatives, NEGATIVES)
         check_choice("reduction", reduction, REDUCTIONS)
         self.reduction = reduction
-        self.options: dict = {"tau": tau, "negatives": negatives}
+        self.options: dict = {"tau": tau, "negatives": negatives, "detach_keys": detach_keys}
 
     def forward(self, q: Tensor, k: Tensor) -> Tensor:
         return self.fn(q, k, **self.options, reduction=self.reduction)
@@ -242,8 +250,9 @@ class WeightNCELoss(PatchNCELoss):
 
     def __init__(self, *, tau: float = 0.07, weighting: Weighting = "hard", beta: float = 0.1,
                  Q: float = 1.0, detach_weights: bool = False, negatives: Negatives = "image",
-                 reduction: Reduction = "mean") -> None:
-        super().__init__(tau=tau, negatives=negatives, reduction=reduction)
+                 detach_keys: bool = True, reduction: Reduction = "mean") -> None:
+        super().__init__(tau=tau, negatives=negatives, detach_keys=detach_keys,
+                         reduction=reduction)
         _check_weighting(weighting, beta, Q)
         self.options.update(weighting=weighting, beta=beta, Q=Q, detach_weights=detach_weights)
 
@@ -255,8 +264,9 @@ class PUTLoss(PatchNCELoss):
 
     def __init__(self, *, tau: float = 0.07, k_neg: int = 5, selection: Selection = "hardest",
                  negatives: Negatives = "image", generator: torch.Generator | None = None,
-                 reduction: Reduction = "mean") -> None:
-        super().__init__(tau=tau, negatives=negatives, reduction=reduction)
+                 detach_keys: bool = True, reduction: Reduction = "mean") -> None:
+        super().__init__(tau=tau, negatives=negatives, detach_keys=detach_keys,
+                         reduction=reduction)
         check_int("k_neg", k_neg, low=1)
         check_choice("selection", selection, SELECTIONS)
         self.options.update(k_neg=k_neg, selection=selection, generator=generator)

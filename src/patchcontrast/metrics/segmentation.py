@@ -38,13 +38,29 @@ RESOLUTIONS = ("label", "prediction")
 
 
 def load_segmentation_model(model: Model, device: str | torch.device = "cpu") -> Callable:
-    """A TorchScript file path -> the loaded module (eval mode, on ``device``); an ``nn.Module``
-    is put in eval mode; any other callable is used as is."""
+    """The segmentation model to run, from:
+
+    - a TorchScript file path (``torch.jit.save``): loaded in eval mode on ``device``; a
+      ``.pt2`` file is read with ``torch.export.load`` (exported in eval mode);
+    - a Python entry point ``"package.module:name"``: ``name`` is a module instance or a
+      callable returning logits, or a zero-argument factory (a class or function whose
+      signature takes no arguments) that builds one — e.g. a function that loads DRN-D-22 with
+      its Cityscapes weights;
+    - an ``nn.Module`` (put in eval mode) or any callable, used as is.
+    """
+    if isinstance(model, str) and ":" in model and not Path(model).exists():
+        model = _entry_point(model)
+        if isinstance(model, nn.Module):
+            return model.to(device).eval()
+        return model
     if isinstance(model, (str, Path)):
         path = Path(model)
         if not path.is_file():
             raise ValueError(f"segmentation model file {path} does not exist (expected a "
-                             "TorchScript file saved with torch.jit.save)")
+                             "TorchScript file saved with torch.jit.save, or an entry point "
+                             "'package.module:name')")
+        if path.suffix == ".pt2":  # torch.export's format, TorchScript's successor
+            return torch.export.load(str(path)).module().to(device)
         return torch.jit.load(str(path), map_location=device).eval()
     if isinstance(model, nn.Module):
         return model.eval()
@@ -52,6 +68,29 @@ def load_segmentation_model(model: Model, device: str | torch.device = "cpu") ->
         raise ValueError("model must be a TorchScript file path or a callable mapping "
                          f"(B, 3, H, W) images in [0, 1] to (B, K, H', W') logits, got {model!r}")
     return model
+
+
+def _entry_point(spec: str) -> Callable:
+    """Resolve ``"package.module:name"``; call ``name`` if it is a zero-argument factory."""
+    import importlib
+    import inspect
+
+    module_name, _, attr = spec.partition(":")
+    try:
+        target = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot load segmentation model entry point {spec!r}: {err}") from None
+    if isinstance(target, nn.Module):
+        return target
+    try:
+        takes_nothing = not inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        takes_nothing = False
+    if inspect.isclass(target) or takes_nothing:
+        target = target()
+    if not callable(target):
+        raise ValueError(f"entry point {spec!r} gave {type(target).__name__}, not a model")
+    return target
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int,
