@@ -18,7 +18,8 @@ def _load_uint8(paths: Sequence[Path]) -> list[torch.Tensor]:
     return [torch.from_numpy(np.array(load_image(p, 3))).permute(2, 0, 1) for p in paths]
 
 
-def evaluate_folders(real: str | Path | None, fake: str | Path, *, metrics: Sequence[str] = ("swd",),
+def evaluate_folders(real: str | Path | None, fake: str | Path, *,
+                     metrics: Sequence[str] = ("swd",),
                      masks: str | Path | None = None, inception_weights: str | Path | None = None,
                      swd_size: int = 256, seed: int = 0, device: str = "cpu",
                      cache_dir: str | Path | None = None, progress: bool = True,
@@ -41,8 +42,8 @@ def evaluate_folders(real: str | Path | None, fake: str | Path, *, metrics: Sequ
     if real is None and set(metrics) & {"swd", "fid", "kid"}:
         raise ValueError("swd, fid and kid compare with real images: give the real folder")
     fake_paths = list_images(fake)
-    result: dict = {"real": None if real is None else str(real), "fake": str(fake), "n_fake": len(fake_paths),
-                    "metrics": {}, "settings": {"seed": seed}}
+    result: dict = {"real": None if real is None else str(real), "fake": str(fake),
+                    "n_fake": len(fake_paths), "metrics": {}, "settings": {"seed": seed}}
     if "swd" in metrics:
         from .metrics import swd_from_folders
 
