@@ -152,18 +152,15 @@ def evaluate_run(run_dir: str | Path, *, metrics: Sequence[str] = ("swd",), sele
         raise ValueError(f"no checkpoints in {run_dir / 'checkpoints'}")
     # the run's config, without loading any weights (translate loads each checkpoint itself)
     cfg = pipeline.run_config(run_dir)
-    root = pipeline.builtin_root(cfg.data) if cfg.data.dataroot == "builtin" \
-        else Path(cfg.data.dataroot)
-    source, target = ("testA", "testB") if cfg.data.direction == "AtoB" else ("testB", "testA")
-    masks = root / f"{source}_masks"
     out = run_dir / "eval"
+    source, target, masks = _test_split(cfg, out)
     rows = []
     for checkpoint in checkpoints:
         step = int(checkpoint.stem.split("_")[1])
         fake = out / checkpoint.stem
-        pipeline.translate(checkpoint, root / source, fake, device=device, progress=progress)
-        result = evaluate_folders(root / target, fake, metrics=metrics,
-                                  masks=masks if masks.is_dir() else None,
+        pipeline.translate(checkpoint, source, fake, device=device, progress=progress)
+        result = evaluate_folders(target, fake, metrics=metrics,
+                                  masks=masks if masks is not None and masks.is_dir() else None,
                                   inception_weights=inception_weights, device=device,
                                   progress=progress)
         rows.append({"step": step, **result["metrics"]})
@@ -174,13 +171,38 @@ def evaluate_run(run_dir: str | Path, *, metrics: Sequence[str] = ("swd",), sele
         writer.writeheader()
         writer.writerows(rows)
     best = min(rows, key=lambda r: r[select])
-    summary = {"run_dir": str(run_dir), "real": str(root / target), "n_checkpoints": len(rows),
+    summary = {"run_dir": str(run_dir), "real": str(target), "n_checkpoints": len(rows),
                "final": rows[-1], "best_selected_on_test_set": {"by": select, **best},
                "settings": result["settings"], "n_real": result.get("n_real"),
                "n_fake": result["n_fake"]}
     write_json(summary, out / "summary.json")
     _plot(rows, out / "metrics.png")
     return summary
+
+
+def _test_split(cfg, out: Path) -> tuple[Path, Path, Path | None]:
+    """(generator inputs, real targets, source masks or None) of a run's test split.
+
+    Unpaired: testA -> testB (swapped for BtoA), masks of the built-in data. Paired: label maps
+    -> photos; for side-by-side pairs the photo halves are written to ``out/real`` once.
+    """
+    from . import pipeline
+    from .config import PairedRunConfig
+    from .data.paired import split_pair
+
+    data, root = cfg.data, pipeline.data_root(cfg.data)
+    if not isinstance(cfg, PairedRunConfig):
+        source, target = ("testA", "testB") if data.direction == "AtoB" else ("testB", "testA")
+        return root / source, root / target, root / f"{source}_masks"
+    if data.layout == "folders":
+        return root / f"{data.test_phase}_label", root / f"{data.test_phase}_img", None
+    real = out / "real"
+    real.mkdir(parents=True, exist_ok=True)
+    for file in list_images(root / data.test_phase):
+        target = real / f"{file.stem}.png"
+        if not target.exists():
+            split_pair(load_image(file, 3), data.photo_side)[0].save(target)
+    return root / data.test_phase, real, None
 
 
 def _plot(rows: list[dict], path: Path) -> None:

@@ -1,4 +1,8 @@
-"""The unpaired pipeline end to end: datasets from a config, training, translation of new images."""
+"""The pipelines end to end: datasets from a config, training, translation of new images.
+
+Both families share everything here; the run config's type decides: ``UnpairedRunConfig`` (CUT
+family, images -> images) or ``PairedRunConfig`` (SPADE family, label maps -> images).
+"""
 
 from __future__ import annotations
 
@@ -13,36 +17,62 @@ from torch.utils.data import Dataset, default_collate
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from .config import DataConfig, UnpairedRunConfig, config_from_dict
+from .config import DataConfig, PairedDataConfig, PairedRunConfig, RunConfig, config_from_dict
 from .data import UnalignedDataset, list_images, load_image, write_generated_dataset
 from .data.generated import RENDER_VERSION
+from .data.generated_paired import PAIRED_RENDER_VERSION, write_generated_paired
+from .data.paired import PairedDataset, colours_to_labels, resolve_palette, split_pair
+from .objectives.paired import PairedObjective
 from .objectives.unpaired import UnpairedObjective
 from .trainer import Trainer
 
+Objective = UnpairedObjective | PairedObjective
 
-def builtin_root(data: DataConfig) -> Path:
+
+def builtin_root(data: DataConfig | PairedDataConfig) -> Path:
     """Cache folder of the generated dataset for these settings (``PATCHCONTRAST_CACHE``
     overrides ``~/.cache/patchcontrast``)."""
     cache = Path(os.environ.get("PATCHCONTRAST_CACHE", Path.home() / ".cache" / "patchcontrast"))
     h, w = (data.load_size, data.load_size) if isinstance(data.load_size, int) else data.load_size
-    return cache / (f"generated-v{RENDER_VERSION}-{h}x{w}-seed{data.builtin_seed}"
-                    f"-{data.builtin_train}x{data.builtin_test}")
+    kind = f"generated-paired-v{PAIRED_RENDER_VERSION}" if isinstance(data, PairedDataConfig) \
+        else f"generated-v{RENDER_VERSION}"
+    counts = f"{data.builtin_train}x{data.builtin_test}"
+    return cache / f"{kind}-{h}x{w}-seed{data.builtin_seed}-{counts}"
 
 
-def build_datasets(data: DataConfig, seed: int) -> tuple[Dataset, Dataset]:
+def data_root(data: DataConfig | PairedDataConfig) -> Path:
+    """The dataset folder of a config; the built-in data is rendered into the cache first."""
+    if data.dataroot != "builtin":
+        return Path(data.dataroot)
+    root = builtin_root(data)
+    write = write_generated_paired if isinstance(data, PairedDataConfig) \
+        else write_generated_dataset
+    write(root, n_train=data.builtin_train, n_test=data.builtin_test, size=data.load_size,
+          seed=data.builtin_seed, progress=False)
+    return root
+
+
+def build_datasets(cfg: RunConfig) -> tuple[Dataset, Dataset]:
     """Training and test datasets. The built-in data is rendered once into the cache and read
-    through the same folder pipeline (augmentation, masks) as real data."""
-    root = Path(data.dataroot)
-    if data.dataroot == "builtin":
-        root = builtin_root(data)
-        write_generated_dataset(root, n_train=data.builtin_train, n_test=data.builtin_test,
-                                size=data.load_size, seed=data.builtin_seed, progress=False)
-    common = {"direction": data.direction, "load_size": data.load_size,
-              "crop_size": data.crop_size, "channels": data.channels, "on_bad": data.on_bad,
-              "seed": seed}
+    through the same folder pipeline (augmentation, masks, label checks) as real data."""
+    data, seed, root = cfg.data, cfg.train.seed, data_root(cfg.data)
+    common = {"load_size": data.load_size, "crop_size": data.crop_size, "seed": seed}
+    if isinstance(cfg, PairedRunConfig):
+        common.update(label_nc=cfg.model.label_nc, layout=data.layout,
+                      dont_care=cfg.model.dont_care, ignore_value=data.ignore_value,
+                      palette=data.palette, photo_side=data.photo_side)
+        return (PairedDataset(root, data.train_phase, train=True, flip=data.flip, **common),
+                PairedDataset(root, data.test_phase, train=False, flip=False, **common))
+    common.update(direction=data.direction, channels=data.channels, on_bad=data.on_bad)
     train = UnalignedDataset(root, "train", flip=data.flip, serial=data.serial, **common)
     test = UnalignedDataset(root, "test", flip=False, serial=True, **common)
     return train, test
+
+
+def build_objective(cfg: RunConfig, *, inference: bool = False) -> Objective:
+    if isinstance(cfg, PairedRunConfig):
+        return PairedObjective(cfg.model, inference=inference)
+    return UnpairedObjective(cfg.model)
 
 
 def sample_batch(dataset: Dataset, n: int = 4) -> dict:
@@ -51,11 +81,11 @@ def sample_batch(dataset: Dataset, n: int = 4) -> dict:
     return default_collate(items)
 
 
-def train(cfg: UnpairedRunConfig, *, resume: bool = False) -> dict:
+def train(cfg: RunConfig, *, resume: bool = False) -> dict:
     """Train ``cfg`` (resuming from its run folder if asked); returns the Trainer's summary."""
-    train_set, test_set = build_datasets(cfg.data, cfg.train.seed)
+    train_set, test_set = build_datasets(cfg)
     torch.manual_seed(cfg.train.seed)  # network initialisation
-    objective = UnpairedObjective(cfg.model)
+    objective = build_objective(cfg)
     extra = {k: v for k, v in cfg.to_dict().items() if k != "train"}
     trainer = Trainer(objective, train_set, cfg.train, sample_batch=sample_batch(test_set),
                       extra_config=extra)
@@ -74,7 +104,7 @@ def latest_checkpoint(path: str | Path) -> Path:
     return found[-1]
 
 
-def run_config(run_dir: str | Path) -> UnpairedRunConfig:
+def run_config(run_dir: str | Path) -> RunConfig:
     """The resolved config a run saved as ``RUN_DIR/config.json``."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
@@ -83,12 +113,20 @@ def run_config(run_dir: str | Path) -> UnpairedRunConfig:
 
 
 def load_objective(checkpoint: str | Path, device: str = "cpu"
-                   ) -> tuple[UnpairedObjective, UnpairedRunConfig, Path]:
+                   ) -> tuple[Objective, RunConfig, Path]:
+    """The objective of a checkpoint (run folder -> newest) in eval mode, its config and file.
+
+    A paired objective is built for inference: only its generator, so translation needs neither
+    the discriminator nor the VGG weights of training.
+    """
     path = latest_checkpoint(checkpoint)
     state = torch.load(path, map_location=device, weights_only=True)
     cfg = config_from_dict(state["config"])
-    objective = UnpairedObjective(cfg.model).to(device)
-    objective.load_state_dict(state["objective"])
+    objective = build_objective(cfg, inference=True).to(device)
+    weights = state["objective"]
+    if isinstance(cfg, PairedRunConfig):
+        weights = {k: v for k, v in weights.items() if k.startswith("G.")}
+    objective.load_state_dict(weights)
     return objective.eval(), cfg, path
 
 
@@ -96,8 +134,10 @@ def translate(checkpoint: str | Path, inputs: str | Path, output: str | Path, *,
               batch_size: int = 8, device: str = "cpu", progress: bool = True) -> list[Path]:
     """Translate an image file or every image of a folder with the checkpoint's generator.
 
-    Images keep their size (padded to a multiple of 4 internally and cropped back) and their
-    name, written as PNG in ``output``; images of equal size are batched together.
+    Unpaired runs read images; paired runs read label maps: single-channel class-id images, or
+    for a run trained on side-by-side pairs (pix2pix layout) those pair images, whose colour
+    label half is mapped to class ids. Outputs keep the input's size (padded internally and
+    cropped back) and name, written as PNG in ``output``; inputs of equal size are batched.
     """
     objective, cfg, path = load_objective(checkpoint, device)
     inputs = Path(inputs)
@@ -108,8 +148,7 @@ def translate(checkpoint: str | Path, inputs: str | Path, output: str | Path, *,
     written = []
     with tqdm(total=len(files), desc="translate", unit="img", disable=not progress) as bar:
         for file in files:
-            image = load_image(file, cfg.data.channels)
-            x = torch.from_numpy(_to_array(image)).to(device) * 2 - 1  # (C, H, W) in [-1, 1]
+            x = _read_input(file, cfg).to(device)
             group = by_size.setdefault(tuple(x.shape[-2:]), [])
             group.append((file, x))
             if len(group) == batch_size:
@@ -124,13 +163,38 @@ def translate(checkpoint: str | Path, inputs: str | Path, output: str | Path, *,
     return written
 
 
+def _read_input(file: Path, cfg: RunConfig) -> torch.Tensor:
+    """The generator's input: image float (C, H, W) in [-1, 1] or label map int64 (1, H, W)."""
+    if not isinstance(cfg, PairedRunConfig):
+        return torch.from_numpy(_to_array(load_image(file, cfg.data.channels))) * 2 - 1
+    model, data = cfg.model, cfg.data
+    if data.layout == "side_by_side":
+        _, label = split_pair(load_image(file, 3), data.photo_side)
+        ids = colours_to_labels(np.asarray(label), resolve_palette(data.palette))
+    else:
+        from PIL import Image
+
+        with Image.open(file) as im:
+            if im.mode not in ("L", "P", "I", "I;16"):
+                raise ValueError(f"{file} is a {im.mode} image; a paired run translates label "
+                                 "maps of class ids (single-channel images)")
+            ids = np.array(im).astype(np.int64)
+    if model.dont_care and data.ignore_value is not None:
+        ids[ids == data.ignore_value] = model.label_nc
+    bad = np.unique(ids[(ids < 0) | (ids >= model.label_nc + int(model.dont_care))])
+    if bad.size:
+        raise ValueError(f"{file}: label values {bad[:10].tolist()} outside 0.."
+                         f"{model.label_nc - 1 + int(model.dont_care)}")
+    return torch.from_numpy(ids)[None]
+
+
 def _to_array(image) -> np.ndarray:
     """PIL image -> float32 (C, H, W) in [0, 1]."""
     array = np.asarray(image, dtype=np.float32) / 255.0
     return (array[None] if array.ndim == 2 else array.transpose(2, 0, 1)).copy()
 
 
-def _flush(objective: UnpairedObjective, group: list, output: Path) -> list[Path]:
+def _flush(objective: Objective, group: list, output: Path) -> list[Path]:
     if not group:
         return []
     batch = torch.stack([x for _, x in group])

@@ -148,6 +148,17 @@ class ResizeAndCrop:
         """Mask image (nonzero = object) -> bool (1, H, W) aligned with ``apply``'s output."""
         return self._geometry(mask.convert("L"), params, Image.Resampling.NEAREST) > 127
 
+    def apply_label(self, label: Image.Image, params: CropParams) -> torch.Tensor:
+        """Single-channel class-id map (mode L, P, I or I;16) -> int64 (1, H, W) aligned with
+        ``apply``'s output; nearest resampling, so only ids present in ``label`` come out."""
+        ids = np.asarray(label)  # P gives palette indices, I;16 gives uint16: the ids themselves
+        if ids.ndim != 2:
+            raise ValueError(f"label must be a single-channel image of class ids (mode L, P, I or "
+                             f"I;16), got mode {label.mode}")
+        # As 32-bit "I": one mode that PIL resizes for any id range.
+        as_int = Image.fromarray(ids.astype(np.int32))
+        return self._geometry(as_int, params, Image.Resampling.NEAREST).long()
+
     def _geometry(self, image: Image.Image, params: CropParams, resample: int) -> torch.Tensor:
         h, w = self.load_size if self.train else self.crop_size
         x = pil_to_tensor(image.resize((w, h), resample))  # uint8 (C, h, w)
