@@ -69,13 +69,8 @@ def evaluate_folders(real: str | Path | None, fake: str | Path, *,
         if masks is None:
             raise ValueError("the content metric needs --masks: a folder of source object masks "
                              "named like the translations (e.g. the built-in testA_masks)")
-        mask_files = {p.stem: p for p in list_images(masks)}
-        missing = [p.name for p in fake_paths if p.stem not in mask_files]
-        if missing:
-            raise ValueError(f"no mask in {masks} for {len(missing)} translation(s), e.g. "
-                             f"{', '.join(missing[:5])}")
-        source = [torch.from_numpy(np.array(load_image(mask_files[p.stem], 1)) > 127)
-                  for p in fake_paths]
+        source = [torch.from_numpy(np.array(load_image(p, 1)) > 127)
+                  for p in _partners(fake_paths, masks, "mask")]
         score = content_score(source, _load_uint8(fake_paths))
         result["metrics"]["content_iou"] = score["mean_iou"]
     if "segmentation" in metrics:
@@ -91,6 +86,16 @@ def evaluate_folders(real: str | Path | None, fake: str | Path, *,
     return result
 
 
+def _partners(fake_paths: Sequence[Path], folder: str | Path, what: str) -> list[Path]:
+    """The file of ``folder`` with the same stem as each translation (error if any is missing)."""
+    files = {p.stem: p for p in list_images(folder)}
+    missing = [p.name for p in fake_paths if p.stem not in files]
+    if missing:
+        raise ValueError(f"no {what} in {folder} for {len(missing)} translation(s), e.g. "
+                         f"{', '.join(missing[:5])}")
+    return [files[p.stem] for p in fake_paths]
+
+
 def _segmentation(fake_paths: Sequence[Path], labels: str | Path | None, model: str | None,
                   num_classes: int | None, ignore_index: int, device: str) -> dict:
     from PIL import Image
@@ -100,17 +105,12 @@ def _segmentation(fake_paths: Sequence[Path], labels: str | Path | None, model: 
     if labels is None or model is None or num_classes is None:
         raise ValueError("the segmentation metric needs --labels (class-id label maps named like "
                          "the translations), --seg-model and --num-classes")
-    label_files = {p.stem: p for p in list_images(labels)}
-    missing = [p.name for p in fake_paths if p.stem not in label_files]
-    if missing:
-        raise ValueError(f"no label map in {labels} for {len(missing)} translation(s), e.g. "
-                         f"{', '.join(missing[:5])}")
     maps = []
-    for p in fake_paths:
-        with Image.open(label_files[p.stem]) as im:
+    for path in _partners(fake_paths, labels, "label map"):
+        with Image.open(path) as im:
             if im.mode not in ("L", "P", "I", "I;16"):
-                raise ValueError(f"{label_files[p.stem]} is a {im.mode} image; label maps must "
-                                 "be single-channel class ids (mode L, P or I)")
+                raise ValueError(f"{path} is a {im.mode} image; label maps must be "
+                                 "single-channel class ids (mode L, P or I)")
             maps.append(torch.from_numpy(np.array(im).astype(np.int64)))
     scores = segmentation_metrics(model, _load_uint8(fake_paths), maps, num_classes,
                                   ignore_index, device=device)

@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .folders import parse_size
-from .generated import TEST_OFFSET
+from .generated import TEST_OFFSET, _upsample
 
 GENERATED_CLASSES = ("sky", "brick", "grass", "water", "sand", "wood", "metal", "flowers")
 GENERATED_LABEL_NC = len(GENERATED_CLASSES)
@@ -53,17 +53,7 @@ Texture = Callable[[np.random.Generator, np.ndarray, np.ndarray, float], np.ndar
 def _upsampled_noise(rng: np.random.Generator, cells: tuple[int, int], h: int, w: int
                      ) -> np.ndarray:
     """Smooth noise (h, w): a (gh, gw) Gaussian grid, bilinearly interpolated."""
-    grid = rng.standard_normal(cells).astype(np.float32)
-
-    def weights(n_in: int, n_out: int) -> np.ndarray:
-        t = np.linspace(0, n_in - 1, n_out)
-        i0 = np.minimum(t.astype(int), n_in - 2)
-        m = np.zeros((n_out, n_in), np.float32)
-        m[np.arange(n_out), i0] = 1 - (t - i0)
-        m[np.arange(n_out), i0 + 1] = t - i0
-        return m
-
-    return weights(cells[0], h) @ grid @ weights(cells[1], w).T
+    return _upsample(rng.standard_normal(cells).astype(np.float32), h, w)
 
 
 def _rotated(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, spread: float,
