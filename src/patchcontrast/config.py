@@ -52,6 +52,10 @@ class CUTConfig:
 
     input_nc: int = 3
     output_nc: int = 3
+    # "resnet" (CUT) or "stylegan2" (SinCUT, METHODS.md §2.5); the same for netD
+    netG: Literal["resnet", "stylegan2"] = "resnet"
+    netD: Literal["basic", "stylegan2"] = "basic"
+    stylegan2_downsampling: int = 1
     ngf: int = 64
     n_blocks: int = 9
     ndf: int = 64
@@ -72,15 +76,22 @@ class CUTConfig:
     flip_equivariance: bool = False
     per_image_patches: bool = False
     lambda_cycle: float = 10.0
+    lambda_r1: float = 0.0  # R1 penalty on D's real inputs (SinCUT: 1)
+    lambda_identity: float = 0.0  # L1(G(B), B) (SinCUT: 1)
     lr: float = 2e-4  # Adam for G, D and F (METHODS.md §3.1)
     betas: tuple[float, float] = (0.5, 0.999)
 
     def __post_init__(self) -> None:
         check_choice("gan_mode", self.gan_mode, GAN_MODES)
         check_choice("contrastive", self.contrastive, CONTRASTIVE_CHOICES)
+        check_choice("netG", self.netG, ("resnet", "stylegan2"))
+        check_choice("netD", self.netD, ("basic", "stylegan2"))
         _at_least(self, 1, "input_nc", "output_nc", "ngf", "n_blocks", "ndf", "n_layers_d",
-                  "num_patches", "netF_nc")
-        _at_least(self, 0, "lambda_gan", "lambda_nce", "lambda_cycle")
+                  "num_patches", "netF_nc", "stylegan2_downsampling")
+        _at_least(self, 0, "lambda_gan", "lambda_nce", "lambda_cycle", "lambda_r1",
+                  "lambda_identity")
+        if self.contrastive == "cycle" and "stylegan2" in (self.netG, self.netD):
+            raise ValueError("the cycle baseline is built with the resnet/basic networks")
         if not (self.lr > 0 and len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
             raise ValueError(f"need lr > 0 and two betas in [0, 1); got lr={self.lr}, "
                              f"betas={self.betas}")
@@ -100,8 +111,12 @@ class DataConfig:
     """Where images come from and how they are prepared (METHODS.md §3.2)."""
 
     # "builtin" = the generated horse->zebra-like dataset (no download); otherwise a folder with
-    # trainA/ trainB/ testA/ testB/.
+    # trainA/ trainB/ testA/ testB/ ("unaligned") or trainA/ trainB/ holding one image each
+    # ("single_image", SinCUT: random zoom-and-patch crops, METHODS.md §2.5).
     dataroot: str = "builtin"
+    mode: Literal["unaligned", "single_image"] = "unaligned"
+    virtual_size: int = 100_000  # single_image: samples per epoch
+    random_scale_max: float = 3.0  # single_image: zoom factors in [1/random_scale_max, 1]
     # an int (square) or [height, width]; sides of crop_size must be multiples of 4
     load_size: int | tuple[int, int] = 286
     crop_size: int | tuple[int, int] = 256
@@ -116,6 +131,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_choice("direction", self.direction, ("AtoB", "BtoA"))
+        check_choice("mode", self.mode, ("unaligned", "single_image"))
+        _at_least(self, 1, "virtual_size", "random_scale_max")
         check_choice("on_bad", self.on_bad, ("error", "skip"))
         check_choice("channels", self.channels, (1, 3))
         _at_least(self, 1, "builtin_train", "builtin_test")
@@ -279,6 +296,11 @@ class PairedRunConfig:
 
 
 # Method presets: overrides of the ``paper`` defaults, nested by section (METHODS.md §2.4, §3.3).
+_SINCUT = {"netG": "stylegan2", "netD": "stylegan2", "gan_mode": "nonsaturating", "ngf": 10,
+           "ndf": 8, "num_patches": 1, "nce_layers": (0, 2, 4), "lambda_nce": 4.0,
+           "loss_options": {"negatives": "batch"}, "lr": 2e-3, "betas": (0.0, 0.99),
+           "lambda_r1": 1.0, "lambda_identity": 1.0}
+_SINCUT_DATA = {"mode": "single_image", "load_size": 1024, "crop_size": 64}
 _MONCE_H2Z = {"weighting": "hard", "beta": 0.1, "Q": 1.0}
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "cut": {},
@@ -290,7 +312,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "cut-put": {"model": {"contrastive": "put", "loss_options": {"k_neg": 5}}},
     "gan-only": {"model": {"contrastive": "none", "nce_idt": False}},
     "cycle": {"model": {"contrastive": "cycle", "nce_idt": False}},
+    # SinCUT (METHODS.md §2.5): one image per domain, negatives from the whole minibatch
+    "sincut": {"model": dict(_SINCUT), "data": dict(_SINCUT_DATA),
+               "train": {"batch_size": 16, "n_epochs": 8, "n_epochs_decay": 8}},
+    # PUT's README trains a SinCUT variant keeping 5 negatives
+    "sincut-put": {"model": {**_SINCUT, "contrastive": "put",
+                             "loss_options": {"negatives": "batch", "k_neg": 5}},
+                   "data": dict(_SINCUT_DATA),
+                   "train": {"batch_size": 16, "n_epochs": 8, "n_epochs_decay": 8}},
 }
+SINGLE_IMAGE_PRESETS = ("sincut", "sincut-put")
 
 # Scales: ``paper`` = the official settings; ``cpu`` = a small model at 64 px on the built-in
 # data that trains in minutes on 2 cores (6 residual blocks keep layer 16 a residual block).
@@ -328,6 +359,14 @@ PAIRED_SCALES: dict[str, dict[str, dict[str, Any]]] = {
                       "sample_every": 200, "checkpoint_every": 200}},
 }
 
+# SinCUT keeps its small nets at both scales; cpu: fewer virtual samples and a smaller batch.
+SINGLE_IMAGE_SCALES: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {},
+    "cpu": {"data": {"virtual_size": 2000},
+            "train": {"batch_size": 8, "n_epochs": 2, "n_epochs_decay": 2, "log_every": 10,
+                      "sample_every": 100, "checkpoint_every": 200}},
+}
+
 ALL_PRESETS = (*PRESETS, *PAIRED_PRESETS)
 RunConfig = UnpairedRunConfig | PairedRunConfig
 
@@ -347,7 +386,8 @@ def resolve_config(preset: str = "cut-monce", scale: str = "cpu", *, run_dir: st
     if is_paired(preset):
         layers = [PAIRED_PRESETS[preset], PAIRED_SCALES[scale]]
     else:
-        layers = [PRESETS[preset], SCALES[scale]]
+        layers = [PRESETS[preset], SINGLE_IMAGE_SCALES[scale] if preset in SINGLE_IMAGE_PRESETS
+                  else SCALES[scale]]
         if preset == "cut-monce" and scale == "cpu":
             layers.append({"train": {"batch_size": 4}})  # the cpu scale wins over batch 12
     if file is not None:

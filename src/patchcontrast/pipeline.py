@@ -22,11 +22,15 @@ from .data import UnalignedDataset, list_images, load_image, write_generated_dat
 from .data.generated import RENDER_VERSION
 from .data.generated_paired import PAIRED_RENDER_VERSION, write_generated_paired
 from .data.paired import PairedDataset, colours_to_labels, resolve_palette, split_pair
+from .data.single_image import SingleImageDataset, write_generated_single_pair
 from .objectives.paired import PairedObjective
 from .objectives.unpaired import UnpairedObjective
 from .trainer import Trainer
 
 Objective = UnpairedObjective | PairedObjective
+# (H, W) of the built-in single-image pair: at the smallest zoom (1/3) it still holds 12
+# distinct 64 px cells, enough for the cpu scale's batch of 8 crops
+SINGLE_SIZE = (576, 768)
 
 
 def builtin_root(data: DataConfig | PairedDataConfig) -> Path:
@@ -34,8 +38,12 @@ def builtin_root(data: DataConfig | PairedDataConfig) -> Path:
     overrides ``~/.cache/patchcontrast``)."""
     cache = Path(os.environ.get("PATCHCONTRAST_CACHE", Path.home() / ".cache" / "patchcontrast"))
     h, w = (data.load_size, data.load_size) if isinstance(data.load_size, int) else data.load_size
-    kind = f"generated-paired-v{PAIRED_RENDER_VERSION}" if isinstance(data, PairedDataConfig) \
-        else f"generated-v{RENDER_VERSION}"
+    if isinstance(data, PairedDataConfig):
+        kind = f"generated-paired-v{PAIRED_RENDER_VERSION}"
+    elif data.mode == "single_image":
+        return cache / f"generated-single-v{RENDER_VERSION}-{SINGLE_SIZE[0]}x{SINGLE_SIZE[1]}"
+    else:
+        kind = f"generated-v{RENDER_VERSION}"
     counts = f"{data.builtin_train}x{data.builtin_test}"
     return cache / f"{kind}-{h}x{w}-seed{data.builtin_seed}-{counts}"
 
@@ -45,6 +53,8 @@ def data_root(data: DataConfig | PairedDataConfig) -> Path:
     if data.dataroot != "builtin":
         return Path(data.dataroot)
     root = builtin_root(data)
+    if isinstance(data, DataConfig) and data.mode == "single_image":
+        return write_generated_single_pair(root, size=SINGLE_SIZE, seed=data.builtin_seed)
     write = write_generated_paired if isinstance(data, PairedDataConfig) \
         else write_generated_dataset
     write(root, n_train=data.builtin_train, n_test=data.builtin_test, size=data.load_size,
@@ -63,6 +73,16 @@ def build_datasets(cfg: RunConfig) -> tuple[Dataset, Dataset]:
                       palette=data.palette, photo_side=data.photo_side)
         return (PairedDataset(root, data.train_phase, train=True, flip=data.flip, **common),
                 PairedDataset(root, data.test_phase, train=False, flip=False, **common))
+    if data.mode == "single_image":
+        a, b = ("trainA", "trainB") if data.direction == "AtoB" else ("trainB", "trainA")
+        crop = data.crop_size if isinstance(data.crop_size, int) else data.crop_size[0]
+        load = data.load_size if isinstance(data.load_size, int) else max(data.load_size)
+        single = {"crop_size": crop, "load_size": load, "batch_size": cfg.train.batch_size,
+                  "random_scale_max": data.random_scale_max, "seed": seed}
+        return (SingleImageDataset(root / a, root / b, virtual_size=data.virtual_size,
+                                   flip=data.flip, **single),
+                SingleImageDataset(root / a, root / b, virtual_size=cfg.train.batch_size,
+                                   flip=False, **single))
     common.update(direction=data.direction, channels=data.channels, on_bad=data.on_bad)
     train = UnalignedDataset(root, "train", flip=data.flip, serial=data.serial, **common)
     test = UnalignedDataset(root, "test", flip=False, serial=True, **common)
@@ -72,7 +92,8 @@ def build_datasets(cfg: RunConfig) -> tuple[Dataset, Dataset]:
 def build_objective(cfg: RunConfig, *, inference: bool = False) -> Objective:
     if isinstance(cfg, PairedRunConfig):
         return PairedObjective(cfg.model, inference=inference)
-    return UnpairedObjective(cfg.model)
+    crop = cfg.data.crop_size
+    return UnpairedObjective(cfg.model, crop_size=crop if isinstance(crop, int) else crop[0])
 
 
 def sample_batch(dataset: Dataset, n: int = 4) -> dict:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..losses import build_loss, multilayer_loss
 from ..losses.adversarial import gan_loss
 from ..nets import PatchDiscriminator, PatchSampleMLP, ResnetGenerator
+from ..nets.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator, r1_penalty
 from .base import Objective, Phase
 
 
@@ -30,14 +31,21 @@ class UnpairedObjective(Objective):
     images for the keys, exactly as upstream, because the encoder is not flip-equivariant.
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, crop_size: int = 64):
         super().__init__()
         self.cfg = cfg
         net = {"ngf": cfg.ngf, "n_blocks": cfg.n_blocks, "antialias": cfg.antialias,
                "antialias_up": cfg.antialias_up}
-        self.G = ResnetGenerator(cfg.input_nc, cfg.output_nc, **net)
-        self.D = PatchDiscriminator(cfg.output_nc, ndf=cfg.ndf, n_layers=cfg.n_layers_d,
-                                    antialias=cfg.antialias)
+        if cfg.netG == "stylegan2":  # SinCUT (METHODS.md §2.5); these nets keep their own init
+            self.G = StyleGAN2Generator(cfg.input_nc, cfg.output_nc, ngf=cfg.ngf,
+                                        n_downsampling=cfg.stylegan2_downsampling)
+        else:
+            self.G = ResnetGenerator(cfg.input_nc, cfg.output_nc, **net)
+        if cfg.netD == "stylegan2":
+            self.D = StyleGAN2Discriminator(cfg.output_nc, ndf=cfg.ndf, size=crop_size)
+        else:
+            self.D = PatchDiscriminator(cfg.output_nc, ndf=cfg.ndf, n_layers=cfg.n_layers_d,
+                                        antialias=cfg.antialias)
         self.contrastive = cfg.contrastive not in ("none", "cycle") and cfg.lambda_nce > 0
         g_modules, d_modules = ["G"], ["D"]
         if self.contrastive:
@@ -102,9 +110,16 @@ class UnpairedObjective(Objective):
     def _d_loss(self) -> tuple[Tensor, dict[str, float]]:
         c, mode = self._cache, self.cfg.gan_mode
         fake = gan_loss(self.D(c["fake_b"].detach()), False, mode=mode)
-        real = gan_loss(self.D(c["real_b"]), True, mode=mode)
+        real_b = c["real_b"].detach().requires_grad_(self.cfg.lambda_r1 > 0)
+        pred_real = self.D(real_b)
+        real = gan_loss(pred_real, True, mode=mode)
         loss = 0.5 * (fake + real)
         stats = {"D_fake": fake.item(), "D_real": real.item()}
+        if self.cfg.lambda_r1 > 0:  # SinCUT: R1 on real images, in float32
+            with torch.autocast(real_b.device.type, enabled=False):
+                r1 = self.cfg.lambda_r1 * r1_penalty(pred_real.float(), real_b)
+            loss = loss + r1
+            stats["D_R1"] = r1.item()
         if self.cfg.contrastive == "cycle":
             fake_a = gan_loss(self.D_A(c["fake_a"].detach()), False, mode=mode)
             real_a = gan_loss(self.D_A(c["real_a"]), True, mode=mode)
@@ -125,6 +140,11 @@ class UnpairedObjective(Objective):
                 stats["NCE_Y"] = nce_y.item()
                 nce = 0.5 * (nce + nce_y)
             loss = loss + cfg.lambda_nce * nce
+        if cfg.lambda_identity > 0:  # SinCUT's L1 identity term on G(B)
+            idt = c["idt_b"] if c["idt_b"] is not None else self.G(c["real_b"])
+            identity = cfg.lambda_identity * F.l1_loss(idt, c["real_b"])
+            loss = loss + identity
+            stats["G_idt"] = identity.item()
         if cfg.contrastive == "cycle":
             gan_a = cfg.lambda_gan * gan_loss(self.D_A(c["fake_a"]), True, mode=cfg.gan_mode,
                                               for_discriminator=False)
@@ -163,9 +183,11 @@ class UnpairedObjective(Objective):
     @torch.no_grad()
     def translate(self, images: Tensor) -> Tensor:
         """``G`` on ``(B, C, H, W)`` images in ``[-1, 1]`` of any size: reflect-padded to a
-        multiple of 4 (the generator's two down-samplings) and cropped back."""
+        multiple of the generator's down-sampling (4; SinCUT 2^n, at least 4), cropped back."""
         h, w = images.shape[-2:]
-        pad_h, pad_w = -h % 4, -w % 4
+        multiple = max(4, 2 ** self.cfg.stylegan2_downsampling) if self.cfg.netG == "stylegan2" \
+            else 4
+        pad_h, pad_w = -h % multiple, -w % multiple
         mode = "reflect" if min(h, w) > max(pad_h, pad_w) else "replicate"
         x = nn.functional.pad(images, (0, pad_w, 0, pad_h), mode=mode) if pad_h or pad_w \
             else images
