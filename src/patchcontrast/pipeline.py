@@ -93,7 +93,8 @@ def build_objective(cfg: RunConfig, *, inference: bool = False) -> Objective:
     if isinstance(cfg, PairedRunConfig):
         return PairedObjective(cfg.model, inference=inference)
     crop = cfg.data.crop_size
-    return UnpairedObjective(cfg.model, crop_size=crop if isinstance(crop, int) else crop[0])
+    return UnpairedObjective(cfg.model, crop_size=crop if isinstance(crop, int) else crop[0],
+                             inference=inference)
 
 
 def sample_batch(dataset: Dataset, n: int = 4) -> dict:
@@ -137,16 +138,18 @@ def load_objective(checkpoint: str | Path, device: str = "cpu"
                    ) -> tuple[Objective, RunConfig, Path]:
     """The objective of a checkpoint (run folder -> newest) in eval mode, its config and file.
 
-    A paired objective is built for inference: only its generator, so translation needs neither
-    the discriminator nor the VGG weights of training.
+    Objectives are built for inference: without training-only parts that would need pretrained
+    weights (a paired run's discriminator and VGG, a SeSim run's feature network), so
+    translation needs none of them.
     """
     path = latest_checkpoint(checkpoint)
     state = torch.load(path, map_location=device, weights_only=True)
     cfg = config_from_dict(state["config"])
     objective = build_objective(cfg, inference=True).to(device)
-    weights = state["objective"]
-    if isinstance(cfg, PairedRunConfig):
-        weights = {k: v for k, v in weights.items() if k.startswith("G.")}
+    # inference objectives leave out training-only parts (paired: D and VGG; SeSim heads):
+    # load what they have, strictly
+    own = objective.state_dict().keys()
+    weights = {k: v for k, v in state["objective"].items() if k in own}
     objective.load_state_dict(weights)
     return objective.eval(), cfg, path
 

@@ -1,4 +1,11 @@
-"""The CUT-family objective: every preset steps, feature reuse, flip equivariance, sizes."""
+"""The CUT-family objective: every preset steps, feature reuse, flip equivariance, sizes,
+the F/LSeSim host.
+
+SeSim presets run on a randomly initialised VGG-19 here (no pretrained weights offline): the
+tests check the objective's plumbing, not what pretrained features would do.
+"""
+
+import warnings
 
 import pytest
 import torch
@@ -11,6 +18,9 @@ TINY = {"ngf": 8, "ndf": 8, "n_blocks": 6, "netF_nc": 16, "num_patches": 32}
 
 def tiny(preset: str = "cut", **model) -> CUTConfig:
     cfg = resolve_config(preset, "cpu", overrides=[f"model.{k}={v}" for k, v in TINY.items()])
+    if cfg.model.sesim != "none":
+        model = {"vgg_source": "random", **model}
+        warnings.filterwarnings("ignore", message=".*random.*", category=UserWarning)
     return CUTConfig(**{**cfg.model.__dict__, **model})
 
 
@@ -44,11 +54,15 @@ def test_every_preset_steps_with_finite_losses(preset):
             optims[phase.name].step()
         obj.release()
     names = {name for name, _ in obj.named_children()}
+    if obj.cfg.sesim != "none":
+        assert "SeSim" in stats and "F" not in names
+        assert ("H_NCE" in stats) == (obj.cfg.sesim == "learned")
+        assert not any(k.startswith("sesim.backbone.") for k in obj.state_dict())
     if preset.startswith("sincut"):
         assert {"D_R1", "G_idt"} <= set(stats) and obj.nce.options["negatives"] == "batch"
     if preset == "cycle":
         assert {"G_BA", "D_A"} <= names and "F" not in names
-    elif preset == "gan-only":
+    elif preset == "gan-only" or obj.cfg.sesim != "none":
         assert "F" not in names
     else:
         assert "F" in names and "NCE" in stats
@@ -114,3 +128,17 @@ def test_translate_any_size(size):
     obj = UnpairedObjective(tiny("cut"))
     out = obj.translate(torch.rand(2, 3, *size) * 2 - 1)
     assert out.shape == (2, 3, *size) and out.abs().max() <= 1
+
+
+def test_sesim_loss_is_zero_for_the_source_itself_and_heads_train_only_in_their_phase():
+    obj = UnpairedObjective(tiny("lsesim-monce"))
+    x = batch()["A"]
+    assert float(obj.sesim_loss(x, x)) == pytest.approx(0.0, abs=1e-6)
+    assert float(obj.sesim_loss(x, x.flip(-1))) > 1e-4  # another structure costs
+    g_phase = obj.phases[-1]
+    assert [p.name for p in obj.phases] == ["D", "H", "G"] and "sesim" in g_phase.frozen
+    assert all(not p.requires_grad for p in obj.sesim.backbone.parameters())
+    inference = UnpairedObjective(obj.cfg, inference=True)
+    own = inference.state_dict().keys()
+    inference.load_state_dict({k: v for k, v in obj.state_dict().items() if k in own})
+    assert not hasattr(inference, "sesim")

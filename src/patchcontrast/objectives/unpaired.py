@@ -14,7 +14,9 @@ from torch import Tensor, nn
 
 from ..losses import build_loss, multilayer_loss
 from ..losses.adversarial import gan_loss
+from ..losses.sesim import self_similarity, sesim_contrastive, spatial_correlative_loss
 from ..nets import PatchDiscriminator, PatchSampleMLP, ResnetGenerator
+from ..nets.sesim import SeSimFeatures, appearance_augment
 from ..nets.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator, r1_penalty
 from .base import Objective, Phase
 
@@ -31,7 +33,7 @@ class UnpairedObjective(Objective):
     images for the keys, exactly as upstream, because the encoder is not flip-equivariant.
     """
 
-    def __init__(self, cfg, crop_size: int = 64):
+    def __init__(self, cfg, crop_size: int = 64, *, inference: bool = False):
         super().__init__()
         self.cfg = cfg
         net = {"ngf": cfg.ngf, "n_blocks": cfg.n_blocks, "antialias": cfg.antialias,
@@ -46,7 +48,8 @@ class UnpairedObjective(Objective):
         else:
             self.D = PatchDiscriminator(cfg.output_nc, ndf=cfg.ndf, n_layers=cfg.n_layers_d,
                                         antialias=cfg.antialias)
-        self.contrastive = cfg.contrastive not in ("none", "cycle") and cfg.lambda_nce > 0
+        self.contrastive = (cfg.contrastive not in ("none", "cycle") and cfg.lambda_nce > 0
+                            and cfg.sesim == "none")
         g_modules, d_modules = ["G"], ["D"]
         if self.contrastive:
             # built eagerly from the generator's known tap channels (no first-batch init)
@@ -60,12 +63,29 @@ class UnpairedObjective(Objective):
             g_modules.append("G_BA")
             d_modules.append("D_A")
         # Upstream order (METHODS.md §1.3): D step on the detached fake, then G (+F) with D frozen.
-        self.phases = (
-            Phase("D", tuple(d_modules), lr=cfg.lr, betas=tuple(cfg.betas)),
-            Phase("G", tuple(g_modules), frozen=tuple(d_modules), lr=cfg.lr,
-                  betas=tuple(cfg.betas)),
-        )
+        phases = [Phase("D", tuple(d_modules), lr=cfg.lr, betas=tuple(cfg.betas))]
+        g_frozen = tuple(d_modules)
+        if cfg.sesim != "none" and not inference:
+            self._build_sesim(cfg)
+            if cfg.sesim == "learned":  # LSeSim: heads trained contrastively, frozen for G
+                phases.append(Phase("H", ("sesim",), lr=cfg.lr, betas=tuple(cfg.betas)))
+                g_frozen += ("sesim",)
+        phases.append(Phase("G", tuple(g_modules), frozen=g_frozen, lr=cfg.lr,
+                            betas=tuple(cfg.betas)))
+        self.phases = tuple(phases)
         self._cache: dict = {}
+
+    def _build_sesim(self, cfg) -> None:
+        """F/LSeSim features. Their frozen VGG backbone is rebuilt from its weight source and
+        left out of ``state_dict``; translation does not build them (``inference=True``)."""
+        random = cfg.sesim == "random" or cfg.vgg_source == "random"
+        self.sesim = SeSimFeatures(cfg.sesim, vgg_source=None if cfg.sesim == "random"
+                                   else cfg.vgg_source, vgg_weights=cfg.vgg_weights,
+                                   allow_random_vgg=random)
+        self._register_state_dict_hook(_drop_prefix("sesim.backbone."))
+        self.register_load_state_dict_post_hook(_allow_missing("sesim.backbone."))
+        if cfg.sesim == "learned":
+            self.nce = build_loss(cfg.contrastive, tau=cfg.tau, **cfg.loss_options)
 
     # -- iteration --------------------------------------------------------------------------
     def prepare(self, batch: dict) -> None:
@@ -105,6 +125,8 @@ class UnpairedObjective(Objective):
         return bool(torch.rand(()) < 0.5)
 
     def loss(self, phase: str) -> tuple[Tensor, dict[str, float]]:
+        if phase == "H":
+            return self._head_loss()
         return self._d_loss() if phase == "D" else self._g_loss()
 
     def _d_loss(self) -> tuple[Tensor, dict[str, float]]:
@@ -140,6 +162,10 @@ class UnpairedObjective(Objective):
                 stats["NCE_Y"] = nce_y.item()
                 nce = 0.5 * (nce + nce_y)
             loss = loss + cfg.lambda_nce * nce
+        if cfg.sesim != "none":
+            structure = cfg.lambda_sesim * self.sesim_loss(c["real_a"], c["fake_b"])
+            loss = loss + structure
+            stats["SeSim"] = structure.item()
         if cfg.lambda_identity > 0:  # SinCUT's L1 identity term on G(B)
             idt = c["idt_b"] if c["idt_b"] is not None else self.G(c["real_b"])
             identity = cfg.lambda_identity * F.l1_loss(idt, c["real_b"])
@@ -170,6 +196,38 @@ class UnpairedObjective(Objective):
         q_samples, _ = self.F(queries, patch_ids=ids)
         return multilayer_loss(self.nce, q_samples, k_samples)
 
+    def _sesim_ids(self, feats: list[Tensor]) -> list[Tensor]:
+        """Positions shared by the batch, drawn from torch's global RNG like the NCE patches."""
+        return [torch.randperm(f.shape[-2] * f.shape[-1], device=f.device)[:self.cfg.num_patches]
+                for f in feats]
+
+    def sesim_loss(self, source: Tensor, generated: Tensor) -> Tensor:
+        """Spatially-correlative loss: self-similarity maps of the translation vs the source,
+        averaged over the SeSim layers (source maps are the target: no gradient)."""
+        cfg = self.cfg
+        with torch.no_grad():
+            fs = self.sesim(source)
+        fg = self.sesim(generated)
+        terms = [spatial_correlative_loss(
+            self_similarity(s, ids, patch_size=cfg.sesim_patch_size),
+            self_similarity(g, ids, patch_size=cfg.sesim_patch_size), mode=cfg.sesim_mode)
+            for s, g, ids in zip(fs, fg, self._sesim_ids(fs))]
+        return torch.stack(terms).mean()
+
+    def _head_loss(self) -> tuple[Tensor, dict[str, float]]:
+        """LSeSim: the heads learn, with the registry loss, to match the self-similarity of a
+        source patch to that of the same patch in an appearance-augmented view."""
+        x = self._cache["real_a"]
+        with torch.no_grad():
+            augmented = appearance_augment(x)
+        fq, fk = self.sesim(x), self.sesim(augmented)
+        size = self.cfg.sesim_patch_size
+        terms = [sesim_contrastive(self_similarity(q, ids, patch_size=size),
+                                   self_similarity(k, ids, patch_size=size), self.nce)
+                 for q, k, ids in zip(fq, fk, self._sesim_ids(fq))]
+        loss = torch.stack(terms).mean()
+        return loss, {"H_NCE": loss.item()}
+
     # -- outputs ----------------------------------------------------------------------------
     def samples(self, batch: dict) -> dict[str, Tensor]:
         real_a, real_b = batch["A"], batch["B"]
@@ -192,3 +250,17 @@ class UnpairedObjective(Objective):
         x = nn.functional.pad(images, (0, pad_w, 0, pad_h), mode=mode) if pad_h or pad_w \
             else images
         return self.G(x)[..., :h, :w]
+
+
+def _drop_prefix(prefix: str):
+    """state_dict hook leaving out the entries under ``prefix`` (a frozen pretrained part)."""
+    def hook(module: nn.Module, state: dict, base: str, local_metadata: dict) -> None:
+        for key in [k for k in state if k.startswith(base + prefix)]:
+            del state[key]
+    return hook
+
+
+def _allow_missing(prefix: str):
+    def hook(module: nn.Module, keys) -> None:
+        keys.missing_keys[:] = [k for k in keys.missing_keys if not k.startswith(prefix)]
+    return hook
