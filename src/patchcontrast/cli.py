@@ -172,6 +172,32 @@ def _download_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-archive", action="store_true", help="keep the archive after extracting")
 
 
+def _sweep_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep", help="train, evaluate and tabulate a grid of runs (presets x settings x seeds)",
+        formatter_class=Formatter,
+        description="Run every (preset x grid point x seed) of a YAML spec, each in "
+        "ROOT/NAME/<run>/, evaluate each run's checkpoints (evaluate --run) and aggregate mean "
+        "+- std over seeds into results.csv, results.md and plots/*.png (MoNCE Tables 1, 3, 4, "
+        "Fig. 3, 7). Every run's config is resolved before anything trains. Re-running the "
+        "same command skips finished runs and resumes interrupted ones; a failed run is "
+        "recorded (RUN/sweep_run.json, traceback in RUN/sweep.log) and the others go on. "
+        "Ctrl-C stops after the current run's checkpoint.",
+        epilog="spec format: the docstring of patchcontrast.sweep (python -m pydoc "
+        "patchcontrast.sweep); ready-made specs in sweeps/ (table1, weighting, put, table3, "
+        "table4; _paper for a GPU, _cpu for a 2-core CPU). Example: patchcontrast sweep "
+        "sweeps/table1_cpu.yaml --dry-run",
+    )
+    p.add_argument("spec", metavar="SPEC", help="sweep spec (YAML)")
+    p.add_argument("--root", default="runs/sweeps", help="folder that receives ROOT/NAME/")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the spec, list the runs and their overrides, train nothing")
+    p.add_argument("--only", default=None, metavar="PATTERN",
+                   help="only the runs whose folder name matches (glob pattern or substring)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop every run after this many iterations (smoke tests)")
+
+
 def _train_config(args: argparse.Namespace):
     overrides = list(args.overrides)
     if args.dataroot is not None:
@@ -250,6 +276,11 @@ def _run(args: argparse.Namespace) -> None:
         evaluate.write_json(result, Path(cfg.train.run_dir) / "metrics.json")
         print(f"translations of the test split: {out}\nsample grid: {grid}\n"
               f"{evaluate.format_table(result)}")
+    elif args.command == "sweep":
+        from .sweep import run_sweep
+
+        run_sweep(args.spec, root=args.root, dry_run=args.dry_run, only=args.only,
+                  max_steps=args.max_steps)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_train_parser, _translate_parser, _evaluate_parser, _diagnose_parser,
-                _demo_parser, _loss_demo_parser, _download_parser):
+                _demo_parser, _loss_demo_parser, _download_parser, _sweep_parser):
         add(sub)
     args = parser.parse_args(argv)
     from .metrics.fid import MissingWeightsError
