@@ -395,8 +395,9 @@ def test_fid_from_folders_with_random_cnn_and_cache(tmp_path, mixed_folder):
 @pytest.fixture
 def hub_dir(tmp_path, monkeypatch):
     """An empty torch hub directory and no PATCHCONTRAST_INCEPTION_WEIGHTS."""
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
+    # TORCH_HOME rather than torch.hub.set_dir: set_dir cannot be undone (it pins the hub dir
+    # for every later test)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.delenv(WEIGHTS_ENV, raising=False)
 
     def no_download(*args, **kwargs):
@@ -404,8 +405,7 @@ def hub_dir(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
-    yield tmp_path / "hub"
-    torch.hub.set_dir(old)
+    return tmp_path / "hub"
 
 
 def test_missing_weights_error_says_what_and_where(hub_dir, tmp_path):
