@@ -241,9 +241,11 @@ def test_shipped_specs_resolve_every_run(path, tmp_path):
 
 def test_shipped_specs_cover_the_papers_tables():
     presets = {p.stem: {r.preset for r in plan(load_spec(p))} for p in SHIPPED}
-    assert {p.stem for p in SHIPPED} == {f"{t}_{s}" for t in ("table1", "weighting", "put",
-                                                              "table3", "table4")
+    assert {p.stem for p in SHIPPED} == {f"{t}_{s}" for t in ("table1", "table2", "weighting",
+                                                              "put", "table3", "table4")
                                          for s in ("paper", "cpu")}
+    assert presets["table2_cpu"] == {"sesim-random", "fsesim", "lsesim-patchnce",
+                                     "lsesim-weightnce", "lsesim-monce"}
     assert presets["table1_cpu"] == {"gan-only", "cycle", "cut", "cut-weightnce", "cut-monce",
                                      "cut-put"}
     assert presets["table3_paper"] == {"spade-percep", "spade-patchnce", "spade-weightnce",

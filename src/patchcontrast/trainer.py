@@ -11,6 +11,11 @@ graceful Ctrl-C/SIGTERM.
 Run folder: ``config.json``, ``stats.jsonl``, ``tb/`` (TensorBoard), ``samples/step_*.png``,
 ``checkpoints/step_*.pt``. Weight initialisation is the caller's business (seed before building
 the objective); the Trainer seeds torch, numpy and ``random`` with ``seed`` when a run starts.
+
+Under ``torchrun`` (detected from ``WORLD_SIZE``) every process trains on its shard of each
+global batch (``batch_size`` images per process) and gradients are averaged per phase, so a step
+equals one process's step on the combined batch (see :mod:`patchcontrast.distributed`); rank 0
+alone logs, writes samples and checkpoints (the same files as a single process writes).
 """
 
 from __future__ import annotations
@@ -36,6 +41,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
+from patchcontrast.distributed import (
+    any_rank,
+    average_gradients,
+    barrier,
+    broadcast_module,
+    mean_over_ranks,
+    on_main,
+    setup,
+    sync_batchnorm,
+)
+from patchcontrast.nets.layers import ResnetBlock
 from patchcontrast.objectives.base import Objective, Phase
 
 _CHOICES = {"schedule_unit": ("epoch", "step"), "amp": ("none", "bf16", "fp16")}
@@ -52,11 +68,18 @@ class TrainConfig:
         n_epochs, n_epochs_decay: constant-LR length, then linear-decay length (CUT: 200 + 200).
             Counted in epochs (``len(dataset) // batch_size`` iterations each) when
             ``schedule_unit="epoch"`` (CUT), in iterations when ``"step"``. One may be 0.
-        batch_size, num_workers: DataLoader settings (``drop_last=True``, as upstream).
+        batch_size, num_workers: DataLoader settings (``drop_last=True``, as upstream), per
+            process: under torchrun with N processes a step sees ``N * batch_size`` images.
         seed: data order, RNGs and DataLoader workers; in ``[0, 2**32)``.
         deterministic: deterministic algorithms and cuDNN (else ``cudnn.benchmark``, as upstream).
-        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
-        amp: autocast dtype on CUDA (``"fp16"`` adds one GradScaler per phase).
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; under
+            torchrun ``"auto"``/``"cuda"`` mean ``cuda:LOCAL_RANK``.
+        amp: autocast dtype on CUDA (``"fp16"`` adds one GradScaler per phase); the contrastive
+            logits and Sinkhorn always run in float32.
+        channels_last: NHWC memory format for the networks and the image batches.
+        compile: ``torch.compile`` the networks in place (``state_dict`` keys unchanged).
+        checkpoint_activations: recompute the activations of the generator's residual blocks in
+            the backward instead of storing them (less memory at high resolution, more time).
         log_every, sample_every, checkpoint_every: periods in iterations.
         keep_last: number of ``step_*.pt`` checkpoints kept.
         max_steps: stop after this many iterations; the schedule is unchanged (tests, CI).
@@ -77,6 +100,9 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_last: int = 3
     max_steps: int | None = None
+    channels_last: bool = False
+    compile: bool = False
+    checkpoint_activations: bool = False
 
     def __post_init__(self):
         lows = dict(n_epochs=0, n_epochs_decay=0, num_workers=0, seed=0, batch_size=1,
@@ -89,6 +115,10 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be an integer >= {low}, got {value!r}")
         if self.seed >= 2**32:
             raise ValueError(f"TrainConfig.seed must be < 2**32, got {self.seed}")
+        for name in ("channels_last", "compile", "checkpoint_activations"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"TrainConfig.{name} must be true or false, "
+                                 f"got {getattr(self, name)!r}")
         if self.n_epochs + self.n_epochs_decay == 0:
             raise ValueError("TrainConfig.n_epochs + TrainConfig.n_epochs_decay must be > 0")
         for name, choices in _CHOICES.items():
@@ -233,6 +263,16 @@ def _checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.stem[5:]))
 
 
+def _resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint file, or a run folder's highest ``step_*.pt``; FileNotFoundError if none."""
+    if path.is_dir():
+        found = _checkpoints(path / "checkpoints") or _checkpoints(path)
+        path = found[-1] if found else path / "checkpoints" / "step_*.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint to resume: {path}")
+    return path
+
+
 def _atomic_save(obj: dict, path: Path) -> None:
     """torch.save to a temp file in the same folder, fsync, rename: a crash or a kill never
     leaves a truncated checkpoint under the final name."""
@@ -265,6 +305,44 @@ def _save_sample_grid(images: dict[str, torch.Tensor], path: Path) -> None:
     save_image(make_grid(torch.stack(columns, dim=1).flatten(0, 1), nrow=len(columns)), path)
 
 
+def apply_switches(objective: Objective, *, channels_last: bool = False, compile: bool = False,
+                   checkpoint_activations: bool = False) -> None:
+    """The speed/memory switches of :class:`TrainConfig`, applied to ``objective`` in place.
+
+    ``channels_last``: 4-D weights in NHWC (inputs must follow, see ``Trainer``).
+    ``checkpoint_activations``: every :class:`ResnetBlock` (the CUT generator's bottleneck, the
+    bulk of its activations) recomputes its inner activations in the backward, keeping only its
+    input. Refused for objectives without such blocks: SPADE's blocks hold BatchNorm, whose
+    running statistics the recomputation would update twice.
+    ``compile``: ``Module.compile()`` (in place, same ``state_dict``) of every network the phases
+    name and of every ResnetBlock: ``ResnetGenerator.encode``/``forward_with_features`` call the
+    generator's layers one by one, so its ``forward`` alone would miss the NCE passes. Static
+    shapes: a new shape (the sample grid's batch) compiles once more instead of switching to
+    dynamic shapes, which failed in Inductor (torch 2.14, CPU) for these networks.
+    """
+    blocks = [m for m in objective.modules() if isinstance(m, ResnetBlock)]
+    if checkpoint_activations and not blocks:
+        raise ValueError(f"TrainConfig.checkpoint_activations=True: {type(objective).__name__} has "
+                         "no ResnetBlock (CUT generator) to checkpoint; use false")
+    if channels_last:
+        objective.to(memory_format=torch.channels_last)
+    if checkpoint_activations:
+        from torch.utils.checkpoint import checkpoint
+
+        for block in blocks:
+            def run(x: torch.Tensor, forward=block.forward) -> torch.Tensor:
+                if not torch.is_grad_enabled():
+                    return forward(x)
+                # non-reentrant: works when x needs no grad and replays dropout's RNG exactly
+                return checkpoint(forward, x, use_reentrant=False)
+
+            block.forward = run
+    if compile:
+        names = {m for p in objective.phases for m in p.modules + p.frozen}
+        for module in [getattr(objective, n) for n in sorted(names)] + blocks:
+            module.compile(dynamic=False)
+
+
 class Trainer:
     """Trains an :class:`Objective` on a dataset of dict batches; see the module docstring.
 
@@ -281,16 +359,17 @@ class Trainer:
         if "train" in self.extra_config:
             raise ValueError("extra_config must not have a 'train' key (the TrainConfig's)")
         self.run_dir = Path(config.run_dir)
-        auto = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(auto if config.device == "auto" else config.device)
+        self.dist, self.device = setup(config.device)
         self._cuda = self.device.type == "cuda"
         if config.amp != "none" and not self._cuda:
             raise ValueError(f"TrainConfig.amp={config.amp!r} needs CUDA; the device is "
                              f"{self.device}; use amp='none'")
-        self.iters_per_epoch = len(dataset) // config.batch_size
+        world = self.dist.world_size
+        self.iters_per_epoch = len(dataset) // (config.batch_size * world)
         if self.iters_per_epoch == 0:
+            per = f" x {world} processes" if world > 1 else ""
             raise ValueError(f"the dataset has {len(dataset)} items, fewer than "
-                             f"batch_size={config.batch_size} (batches drop the remainder)")
+                             f"batch_size={config.batch_size}{per} (batches drop the remainder)")
         n, n_decay = config.n_epochs, config.n_epochs_decay
         unit = self.iters_per_epoch if config.schedule_unit == "epoch" else 1
         self.total_steps = min((n + n_decay) * unit, config.max_steps or math.inf)
@@ -299,7 +378,12 @@ class Trainer:
         if not phases or len({p.name for p in phases}) != len(phases):
             raise ValueError(f"objective.phases must be non-empty with unique names: {phases}")
         objective.to(self.device)
+        sync_batchnorm(objective, self.dist, self.device)
+        broadcast_module(objective, self.dist)  # before channels_last: collectives need NCHW
+        apply_switches(objective, channels_last=config.channels_last, compile=config.compile,
+                       checkpoint_activations=config.checkpoint_activations)
         self.optimizers, self.schedulers, self.scalers = {}, {}, {}
+        self._params: dict[str, list[torch.nn.Parameter]] = {}
         for phase in phases:
             bad = [m for m in phase.modules + phase.frozen
                    if not isinstance(getattr(objective, m, None), torch.nn.Module)]
@@ -309,6 +393,7 @@ class Trainer:
                 raise ValueError(f"Phase {phase.name!r}: every must be >= 1 and modules/frozen "
                                  f"must name sub-modules (with parameters) of "
                                  f"{type(objective).__name__}; not sub-modules: {bad}")
+            self._params[phase.name] = list(params.values())
             opt = torch.optim.Adam(params.values(), lr=phase.lr, betas=phase.betas)
             self.optimizers[phase.name] = opt
             self.schedulers[phase.name] = torch.optim.lr_scheduler.LambdaLR(
@@ -328,17 +413,22 @@ class Trainer:
 
     def resume(self, path: str | os.PathLike) -> Path:
         """Load ``path`` (a checkpoint, or a run folder: its highest ``step_*.pt``) and restore
-        everything; the next :meth:`fit` continues exactly where that run stopped."""
-        path = Path(path)
-        if path.is_dir():
-            found = _checkpoints(path / "checkpoints") or _checkpoints(path)
-            path = found[-1] if found else path / "checkpoints" / "step_*.pt"
+        everything; the next :meth:`fit` continues exactly where that run stopped. Under
+        torchrun rank 0 chooses the file and every rank reads it (a shared file system), so a
+        checkpoint of a multi-process run resumes in one process and vice versa."""
+        path = on_main(lambda: _resolve_checkpoint(Path(path)), self.dist)
         if not path.is_file():
-            raise FileNotFoundError(f"no checkpoint to resume: {path}")
+            raise FileNotFoundError(f"rank {self.dist.rank} cannot read {path}: the run folder "
+                                    "must be on a file system shared by all nodes")
         state = torch.load(path, map_location="cpu", weights_only=True)
+        saved = state["config"]["train"]
         changed = [k for k in _TRAJECTORY
-                   if state["config"]["train"].get(k) != getattr(self.config, k)]
-        if changed:
+                   if k != "batch_size" and saved.get(k) != getattr(self.config, k)]
+        # the global batch matters, not its split over processes
+        if saved["batch_size"] * state.get("world_size", 1) != \
+                self.config.batch_size * self.dist.world_size:
+            changed.append("batch_size x processes")
+        if changed and self.dist.is_main:
             warnings.warn(f"resuming {path} with changed {changed}: the continuation will "
                           "differ from the original run", stacklevel=2)
         if set(state["optimizers"]) != set(self.optimizers) or \
@@ -353,8 +443,12 @@ class Trainer:
             self.scalers[name].load_state_dict(state["scalers"][name])
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self._fresh, self._rng, self._last_ckpt = False, state["rng"], self.step
-        print(f"resumed from {path} at step {self.step} (epoch {self.epoch}, "
-              f"batch {self.position})")
+        if self.dist.enabled and state["rng"]["cuda"]:
+            # rank 0 saved its own GPU's stream first; every rank's GPU followed the same one
+            state["rng"]["cuda"] = [state["rng"]["cuda"][0]] * len(state["rng"]["cuda"])
+        if self.dist.is_main:
+            print(f"resumed from {path} at step {self.step} (epoch {self.epoch}, "
+                  f"batch {self.position})")
         return path
 
     def fit(self, resume: bool | str | os.PathLike | None = None) -> dict:
@@ -364,11 +458,15 @@ class Trainer:
         Ctrl-C/SIGTERM (after a checkpoint) and :class:`NonFiniteLossError` on NaN/inf."""
         if resume:
             self.resume(self.run_dir if resume is True else resume)
-        self._open_run_dir()
-        from torch.utils.tensorboard import SummaryWriter  # slow import, only needed here
+        on_main(self._open_run_dir, self.dist)
+        writer = None
+        if self.dist.is_main:
+            from torch.utils.tensorboard import SummaryWriter  # slow import, only needed here
 
-        writer = SummaryWriter(self.run_dir / "tb", purge_step=0 if self._fresh else self.step + 1)
-        bar = tqdm(total=self.total_steps, initial=self.step, unit="it", dynamic_ncols=True)
+            writer = SummaryWriter(self.run_dir / "tb",
+                                   purge_step=0 if self._fresh else self.step + 1)
+        bar = tqdm(total=self.total_steps, initial=self.step, unit="it", dynamic_ncols=True,
+                   disable=not self.dist.is_main)
         try:
             with _determinism(self.config.deterministic), _graceful_signals() as stop:
                 if self._fresh:
@@ -380,9 +478,11 @@ class Trainer:
                 self._fresh, self._rng = False, None
                 self.objective.train()
                 self._loop(stop, writer, bar)
+            barrier(self.dist)  # the last checkpoint exists when fit returns on any rank
         finally:
             bar.close()
-            writer.close()
+            if writer is not None:
+                writer.close()
         return {"step": self.step, "epoch": self.epoch, "stats": self._record,
                 "run_dir": str(self.run_dir)}
 
@@ -393,7 +493,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config = json.dumps({"train": self.config.to_dict(), **self.extra_config}, indent=2)
         (self.run_dir / "config.json").write_text(config + "\n")
-        print(f"{config}\ndevice {self.device}, {self.iters_per_epoch} iterations/epoch, "
+        where = f"{self.dist.world_size} processes, rank 0 on " if self.dist.enabled else ""
+        print(f"{config}\n{where}device {self.device}, {self.iters_per_epoch} iterations/epoch, "
               f"{self.total_steps} iterations, run_dir {self.run_dir}")
         # checkpoints of a continuation abandoned by resuming from an older one: keep them, but
         # out of the way of keep_last and of resume(run_dir)
@@ -421,7 +522,7 @@ class Trainer:
             batches = iter(self._loader())
             for _ in range(self.position, self.iters_per_epoch):
                 try:
-                    stats = self._iteration(next(batches))
+                    stats = self._iteration(self._next_batch(batches))
                 except KeyboardInterrupt:  # a second Ctrl-C: checkpoint only if nothing changed
                     self._interrupted(signal.SIGINT, save=not self._dirty)
                 self._advance()
@@ -440,30 +541,52 @@ class Trainer:
                     self._checkpoint()
                 if last:  # a signal during the last iteration: the run is complete anyway
                     break
-                if stop.signum is not None:
-                    self._interrupted(stop.signum, save=True)
+                # every rank stops after the same iteration, also if only one got the signal
+                if any_rank(stop.signum is not None, self.dist, self.device):
+                    self._interrupted(stop.signum or signal.SIGTERM, save=True)
             del batches  # shut the workers down before the next epoch's loader starts
 
     def _loader(self) -> DataLoader:
         """The rest of the current epoch. The order depends only on (seed, epoch), so a resumed
         run skips the consumed indices without loading them; workers are seeded from the
-        loader's generator (seed, epoch) and re-created per epoch, so they see set_epoch."""
-        cfg, bs = self.config, self.config.batch_size
+        loader's generator (seed, epoch) and re-created per epoch, so they see set_epoch.
+
+        Under torchrun this is the distributed sampler: global batch i is the i-th run of
+        ``world_size * batch_size`` indices of the epoch's order, and rank r takes its r-th
+        slice, so the ranks' batches together are exactly a single process's batch of that size.
+        """
+        cfg, bs, env = self.config, self.config.batch_size, self.dist
         g = torch.Generator().manual_seed(_derived_seed(cfg.seed, self.epoch, 0))
-        order = torch.randperm(len(self.dataset), generator=g)[: self.iters_per_epoch * bs]
+        order = torch.randperm(len(self.dataset), generator=g)
+        order = order[: self.iters_per_epoch * env.world_size * bs]
+        mine = order.view(self.iters_per_epoch, env.world_size, bs)[:, env.rank].reshape(-1)
+        rank = (env.rank,) if env.enabled else ()  # workers of different ranks draw differently
         return DataLoader(
-            self.dataset, batch_size=bs, sampler=order[self.position * bs:].tolist(),
+            self.dataset, batch_size=bs, sampler=mine[self.position * bs:].tolist(),
             drop_last=True, num_workers=cfg.num_workers, pin_memory=self._cuda,
             worker_init_fn=_ignore_sigint if cfg.num_workers else None,
-            generator=torch.Generator().manual_seed(_derived_seed(cfg.seed, self.epoch, 1)))
+            generator=torch.Generator().manual_seed(
+                _derived_seed(cfg.seed, self.epoch, 1, *rank)))
+
+    def _next_batch(self, batches) -> dict:
+        """The next batch. Under torchrun, randomness drawn while loading in this process comes
+        from a per-rank stream (seed, epoch, position, rank): the global RNG, which draws the
+        patch positions, must stay identical on all ranks."""
+        if not self.dist.enabled:
+            return next(batches)
+        with _rng_preserved(self._cuda):
+            seed = _derived_seed(self.config.seed, self.epoch, self.position, self.dist.rank, 2)
+            torch.manual_seed(seed)
+            np.random.seed(seed)  # noqa: NPY002
+            random.seed(seed)
+            return next(batches)
 
     def _autocast(self):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.amp)
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def _iteration(self, batch: dict) -> dict[str, float]:
-        batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
-                 for k, v in batch.items()}
+        batch = {k: self._to_device(v) for k, v in batch.items()}
         self._dirty, stats = True, {}  # from here on the state differs from the last boundary
         try:
             with self._autocast():
@@ -480,6 +603,14 @@ class Trainer:
             self.objective.release()
         return stats
 
+    def _to_device(self, v):
+        if not torch.is_tensor(v):
+            return v
+        v = v.to(self.device, non_blocking=True)
+        if self.config.channels_last and v.dim() == 4 and v.is_floating_point():
+            v = v.contiguous(memory_format=torch.channels_last)
+        return v
+
     def _phase(self, phase: Phase) -> dict[str, float]:
         obj, opt, scaler = self.objective, self.optimizers[phase.name], self.scalers[phase.name]
         # freeze (and later unfreeze) only the parameters that currently train
@@ -492,6 +623,8 @@ class Trainer:
             if loss.numel() != 1:
                 raise ValueError(f"loss({phase.name!r}) must be a scalar, got {tuple(loss.shape)}")
             value = loss.detach().item()
+            # the combined batch's loss; NaN/inf on any rank makes it non-finite on every rank
+            value = mean_over_ranks({"loss": value}, self.dist, self.device)["loss"]
             if not math.isfinite(value):
                 path = self._checkpoint("nonfinite_step")
                 raise NonFiniteLossError(f"phase {phase.name!r} returned a non-finite loss "
@@ -499,6 +632,8 @@ class Trainer:
                                          f"{self.epoch}); state saved to {path}")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            # before the scaler's inf check, so that all ranks skip or step together
+            average_gradients(self._params[phase.name], self.dist)
             scaler.step(opt)
             scaler.update()
         finally:
@@ -525,21 +660,25 @@ class Trainer:
         """One stats.jsonl line and the same scalars to TensorBoard: epochs done (fractional), the
         LR used last, the mean of each stat over the interval, timing (data loading and side work
         included)."""
+        means = mean_over_ranks({k: sum(v) / len(v) for k, v in meter.items()}, self.dist,
+                                self.device)  # a collective: every rank takes part
         record = {"step": self.step, "epoch": round(self.step / self.iters_per_epoch, 6),
                   **{f"lr/{k}": v for k, v in self._lr.items()},
-                  **{k: sum(v) / len(v) for k, v in meter.items()},
+                  **{k: means[k] for k in meter},
                   "sec_per_iter": seconds / ticks,
-                  "img_per_sec": ticks * self.config.batch_size / seconds}
+                  "img_per_sec": ticks * self.config.batch_size * self.dist.world_size / seconds}
+        self._record = record
+        if not self.dist.is_main:
+            return
         with open(self.run_dir / "stats.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         for k, v in record.items():
             if k != "step":
                 writer.add_scalar(k, v, self.step)
         writer.flush()
-        self._record = record
 
     def _write_samples(self) -> None:
-        if self._last_sample == self.step:
+        if self._last_sample == self.step or not self.dist.is_main:
             return
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v
                  for k, v in self.sample_batch.items()}
@@ -560,12 +699,15 @@ class Trainer:
         path = folder / f"{prefix}_{self.step:08d}.pt"
         if prefix == "step" and self._last_ckpt == self.step and path.exists():
             return path
+        if not self.dist.is_main:
+            return path
         folder.mkdir(exist_ok=True)
         _atomic_save({"objective": self.objective.state_dict(),
                       "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                       "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
                       "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
                       "step": self.step, "epoch": self.epoch, "position": self.position,
+                      "world_size": self.dist.world_size,
                       "rng": self._boundary_rng,  # as at the end of the last whole iteration
                       "config": {"train": self.config.to_dict(), **self.extra_config}}, path)
         if prefix == "step":
