@@ -364,3 +364,14 @@ def test_seed_determines_the_run(tmp_path):
         t.fit()
     assert_same_state(a, b)
     assert not torch.equal(a.objective.G[0].weight, c.objective.G[0].weight)
+
+
+def test_ordered_datasets_are_read_in_index_order(tmp_path):
+    data = Pairs(global_flip=False)
+    data.ordered = True  # as SinCUT's single-image crops, whose batches share random choices
+    make(tmp_path, dataset=data, n_epochs=1, n_epochs_decay=0).fit()
+    assert [i for _, i in data.loaded[-6:]] == [0, 1, 2, 3, 4, 5]  # after the sample batch
+    shuffled = Pairs(global_flip=False)
+    make(tmp_path, name="other", dataset=shuffled, n_epochs=1, n_epochs_decay=0).fit()
+    assert sorted(i for _, i in shuffled.loaded[-6:]) == [0, 1, 2, 3, 4, 5]
+    assert [i for _, i in shuffled.loaded[-6:]] != [0, 1, 2, 3, 4, 5]

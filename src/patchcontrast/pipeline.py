@@ -105,6 +105,10 @@ def sample_batch(dataset: Dataset, n: int = 4) -> dict:
 
 def train(cfg: RunConfig, *, resume: bool = False) -> dict:
     """Train ``cfg`` (resuming from its run folder if asked); returns the Trainer's summary."""
+    from .distributed import on_main, setup
+
+    # under torchrun the built-in data is rendered by rank 0 alone, before any rank reads it
+    on_main(lambda: data_root(cfg.data), setup(cfg.train.device)[0])
     train_set, test_set = build_datasets(cfg)
     torch.manual_seed(cfg.train.seed)  # network initialisation
     objective = build_objective(cfg)

@@ -557,7 +557,10 @@ class Trainer:
         """
         cfg, bs, env = self.config, self.config.batch_size, self.dist
         g = torch.Generator().manual_seed(_derived_seed(cfg.seed, self.epoch, 0))
-        order = torch.randperm(len(self.dataset), generator=g)
+        # datasets whose items draw their randomness per batch of consecutive indices (SinCUT's
+        # shared zoom and distinct crop cells) declare ``ordered = True`` and are read in order
+        order = torch.arange(len(self.dataset)) if getattr(self.dataset, "ordered", False) \
+            else torch.randperm(len(self.dataset), generator=g)
         order = order[: self.iters_per_epoch * env.world_size * bs]
         mine = order.view(self.iters_per_epoch, env.world_size, bs)[:, env.rank].reshape(-1)
         rank = (env.rank,) if env.enabled else ()  # workers of different ranks draw differently

@@ -90,6 +90,9 @@ class SingleImageDataset(Dataset):
     ``load_size=None`` keeps the images at their native size, as upstream.
     """
 
+    # read in index order: the random zoom and cells are shared by runs of batch_size indices
+    ordered = True
+
     def __init__(self, image_a: str | Path, image_b: str | Path, *, crop_size: int = 64,
                  load_size: int | None = 1024, random_scale_max: float = 3.0,
                  batch_size: int = 16, virtual_size: int = 100_000, seed: int = 0,
