@@ -4,6 +4,8 @@ and the weight initialisation (METHODS.md §2.1, §2.7).
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -137,3 +139,69 @@ def init_weights(module: nn.Module, kind: InitKind = "xavier", gain: float = 0.0
             nn.init.normal_(m.weight, 1.0, gain)
             nn.init.zeros_(m.bias)
     return module
+
+
+class TappedGenerator(nn.Module):
+    """A generator whose flat layer sequence ``self.net`` doubles as a feature encoder.
+
+    Subclasses build ``self.net`` (an ``nn.Sequential``), ``self._channels`` (output channels
+    of every entry), set ``default_layers`` and implement ``_check_input``; this class gives the
+    CUT encoder interface the contrastive objectives use: ``encode`` (stops after the deepest
+    requested entry), ``forward_with_features`` (one pass, translation + taps) and
+    ``tap_channels`` (no forward needed). Layer indices index ``self.net``.
+    """
+
+    default_layers: tuple[int, ...] = ()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Translate ``(B, input_nc, H, W) -> (B, output_nc, H, W)``."""
+        self._check_input(x)
+        return self.net(x)
+
+    def encode(self, x: Tensor, layers: Sequence[int] | None = None) -> list[Tensor]:
+        """Outputs of the entries ``layers`` (default ``default_layers``), in the order given;
+        the pass stops after the deepest one, so encoding costs only the encoder part."""
+        self._check_input(x)
+        wanted = self._check_layers(layers)
+        return self._run(x, wanted, stop=max(wanted))[1]
+
+    def forward_with_features(self, x: Tensor, layers: Sequence[int] | None = None
+                              ) -> tuple[Tensor, list[Tensor]]:
+        """One pass returning ``(forward(x), encode(x, layers))``: the training step takes the
+        source image's NCE keys from the translation pass instead of encoding it again."""
+        self._check_input(x)
+        wanted = self._check_layers(layers)
+        return self._run(x, wanted, stop=len(self.net) - 1)
+
+    def tap_channels(self, layers: Sequence[int] | None = None) -> list[int]:
+        """Channel counts of :meth:`encode`'s outputs, read from the entry list (no forward)."""
+        return [self._channels[i] for i in self._check_layers(layers)]
+
+    def _check_input(self, x: Tensor) -> None:
+        raise NotImplementedError
+
+    def _run(self, x: Tensor, wanted: tuple[int, ...], stop: int) -> tuple[Tensor, list[Tensor]]:
+        """Run entries ``0..stop``; return the last output and the outputs of ``wanted``."""
+        taps: dict[int, Tensor] = {}
+        for i, layer in enumerate(self.net):
+            x = layer(x)
+            if i in wanted:
+                taps[i] = x
+            if i == stop:
+                break
+        return x, [taps[i] for i in wanted]
+
+    def _check_layers(self, layers: Sequence[int] | None) -> tuple[int, ...]:
+        layers = self.default_layers if layers is None else layers
+        n = len(self.net)
+        if isinstance(layers, int) or not isinstance(layers, Sequence) or len(layers) == 0:
+            raise ValueError(f"layers must be a non-empty sequence of indices, got {layers!r}")
+        try:
+            wanted = tuple(operator.index(i) for i in layers)
+        except TypeError:
+            raise ValueError(f"layer indices must be integers, got {layers!r}") from None
+        bad = [i for i in wanted if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"layer index {bad[0]} out of range: this generator's sequence has "
+                             f"{n} entries (valid indices 0..{n - 1})")
+        return wanted

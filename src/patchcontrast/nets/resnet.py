@@ -20,18 +20,19 @@ into [transposed conv, IN, ReLU]; both shorten the sequence and so move the indi
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Sequence
-
 from torch import Tensor, nn
 
-from .layers import BlurPool, BlurUpsample, ResnetBlock, init_weights
+from .layers import BlurPool, BlurUpsample, ResnetBlock, TappedGenerator, init_weights
 
 CUT_LAYERS = (0, 4, 8, 12, 16)
 
 
-class ResnetGenerator(nn.Module):
+class ResnetGenerator(TappedGenerator):
     """CUT ResnetGenerator (``netG=resnet_9blocks``), METHODS.md §2.1.
+
+    Its encoder taps (``encode``, CUT ``encode_only``, METHODS.md §1.1) default to
+    :data:`CUT_LAYERS`; for a ``(B, 3, H, W)`` input they are ``(B, 3, H+6, W+6)``,
+    ``(B, 128, H, W)``, ``(B, 256, H/2, W/2)`` and twice ``(B, 256, H/4, W/4)``.
 
     ``(B, input_nc, H, W) -> (B, output_nc, H, W)`` in ``[-1, 1]``, H and W multiples of 4.
     InstanceNorm without affine parameters, so every conv has a bias; reflection padding.
@@ -48,6 +49,9 @@ class ResnetGenerator(nn.Module):
         antialias_up: fixed-filter up-sampling + conv (default) instead of transposed convs.
         dropout: Dropout(0.5) inside the residual blocks (off in CUT).
     """
+
+    default_layers = CUT_LAYERS
+
 
     def __init__(
         self,
@@ -102,65 +106,6 @@ class ResnetGenerator(nn.Module):
         self.net = nn.Sequential(*layers)
         self._channels = tuple(channels)
         init_weights(self, "xavier", 0.02)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Translate ``(B, input_nc, H, W) -> (B, output_nc, H, W)``."""
-        self._check_input(x)
-        return self.net(x)
-
-    def encode(self, x: Tensor, layers: Sequence[int] = CUT_LAYERS) -> list[Tensor]:
-        """Outputs of the sequence entries ``layers`` (in the order given) for image ``x``.
-
-        The pass stops after the deepest requested entry, so encoding costs only the encoder
-        part. For the default layers and a ``(B, 3, H, W)`` input the taps are
-        ``(B, 3, H+6, W+6)``, ``(B, 128, H, W)``, ``(B, 256, H/2, W/2)`` and twice
-        ``(B, 256, H/4, W/4)``. ``layers`` is not modified. CUT ``encode_only``, METHODS.md §1.1.
-        """
-        self._check_input(x)
-        wanted = self._check_layers(layers)
-        _, feats = self._run(x, wanted, stop=max(wanted))
-        return feats
-
-    def forward_with_features(
-        self, x: Tensor, layers: Sequence[int] = CUT_LAYERS
-    ) -> tuple[Tensor, list[Tensor]]:
-        """One pass returning ``(forward(x), encode(x, layers))`` with identical values.
-
-        Lets the training step take the source image's NCE keys from the translation pass instead
-        of encoding it a second time (METHODS.md §5.1; only valid without flip equivariance).
-        """
-        self._check_input(x)
-        wanted = self._check_layers(layers)
-        return self._run(x, wanted, stop=len(self.net) - 1)
-
-    def tap_channels(self, layers: Sequence[int] = CUT_LAYERS) -> list[int]:
-        """Channel counts of :meth:`encode`'s outputs, read from the layer list (no forward)."""
-        return [self._channels[i] for i in self._check_layers(layers)]
-
-    def _run(self, x: Tensor, wanted: tuple[int, ...], stop: int) -> tuple[Tensor, list[Tensor]]:
-        """Run entries ``0..stop``; return the last output and the outputs of ``wanted``."""
-        taps: dict[int, Tensor] = {}
-        for i, layer in enumerate(self.net):
-            x = layer(x)
-            if i in wanted:
-                taps[i] = x
-            if i == stop:
-                break
-        return x, [taps[i] for i in wanted]
-
-    def _check_layers(self, layers: Sequence[int]) -> tuple[int, ...]:
-        n = len(self.net)
-        if isinstance(layers, int) or not isinstance(layers, Sequence) or len(layers) == 0:
-            raise ValueError(f"layers must be a non-empty sequence of indices, got {layers!r}")
-        try:
-            wanted = tuple(operator.index(i) for i in layers)
-        except TypeError:
-            raise ValueError(f"layer indices must be integers, got {layers!r}") from None
-        bad = [i for i in wanted if not 0 <= i < n]
-        if bad:
-            raise ValueError(f"layer index {bad[0]} out of range: this generator's sequence has "
-                             f"{n} entries (valid indices 0..{n - 1})")
-        return wanted
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.input_nc:

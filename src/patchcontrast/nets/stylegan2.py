@@ -30,13 +30,13 @@ Entries 0-5 are the encoder (upstream ``StyleGAN2Encoder``), 6-10 the decoder.
 from __future__ import annotations
 
 import math
-import operator
-from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .layers import TappedGenerator
 
 SINCUT_LAYERS = (0, 2, 4)
 EvalNoise = Literal["fixed", "random", "zero"]
@@ -247,14 +247,17 @@ def _is_power_of_two(n: object) -> bool:
     return isinstance(n, int) and n > 0 and n & (n - 1) == 0
 
 
-class StyleGAN2Generator(nn.Module):
+class StyleGAN2Generator(TappedGenerator):
     """SinCUT generator (``netG=stylegan2``, METHODS.md §2.5), fully convolutional.
 
     ``(B, input_nc, H, W) -> (B, output_nc, H, W)`` for any H, W divisible by
     ``max(4, 2**n_downsampling)``: trained on 64x64 crops, it translates the full image at test.
     The output ends in a fused leaky ReLU, **not** a tanh (as upstream), so values may leave
     [-1, 1]. ``self.net`` is the flat entry sequence whose indices :meth:`encode` takes (see the
-    module docstring); the SinCUT taps are ``(0, 2, 4)``.
+    module docstring); the SinCUT taps are ``(0, 2, 4)``: for a ``(B, 3, H, W)`` input
+    ``(B, 3, H, W)`` (the raw image) and twice ``(B, 160, H/2, W/2)`` (ngf 10). Encoder taps are
+    noise-free, so ``forward_with_features`` gives ``encode``'s taps exactly, and ``forward``'s
+    translation when the noise is deterministic (eval mode, ``eval_noise`` "fixed" or "zero").
 
     Args:
         input_nc, output_nc: image channels in and out.
@@ -264,6 +267,9 @@ class StyleGAN2Generator(nn.Module):
             ``2**round(log2(min(load_size, crop_size)))``; it does not limit the input size.
         eval_noise: what the noise injection adds in eval mode (see :class:`NoiseInjection`).
     """
+
+    default_layers = SINCUT_LAYERS
+
 
     def __init__(self, input_nc: int = 3, output_nc: int = 3, ngf: int = 10,
                  n_downsampling: int = 1, *, size: int = 64,
@@ -303,62 +309,6 @@ class StyleGAN2Generator(nn.Module):
         self.net = nn.Sequential(*layers)
         self._channels = tuple(channels)
         self.n_encoder = 2 + n_downsampling + 3
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Translate ``(B, input_nc, H, W) -> (B, output_nc, H, W)``."""
-        self._check_input(x)
-        return self.net(x)
-
-    def encode(self, x: Tensor, layers: Sequence[int] = SINCUT_LAYERS) -> list[Tensor]:
-        """Outputs of the entries ``layers`` (in the order given); stops after the deepest one.
-
-        For the default taps and a ``(B, 3, H, W)`` input: ``(B, 3, H, W)`` (the raw image),
-        ``(B, 160, H/2, W/2)`` twice (ngf 10). ``layers`` is not modified.
-        """
-        self._check_input(x)
-        wanted = self._check_layers(layers)
-        return self._run(x, wanted, stop=max(wanted))[1]
-
-    def forward_with_features(self, x: Tensor, layers: Sequence[int] = SINCUT_LAYERS
-                              ) -> tuple[Tensor, list[Tensor]]:
-        """One pass returning ``(forward(x), encode(x, layers))``.
-
-        Taps inside the encoder are noise-free, so they equal :meth:`encode`'s exactly; the
-        translation equals :meth:`forward`'s when the noise is deterministic (eval mode with
-        ``eval_noise`` "fixed" or "zero").
-        """
-        self._check_input(x)
-        wanted = self._check_layers(layers)
-        return self._run(x, wanted, stop=len(self.net) - 1)
-
-    def tap_channels(self, layers: Sequence[int] = SINCUT_LAYERS) -> list[int]:
-        """Channel counts of :meth:`encode`'s outputs, read from the entry list (no forward)."""
-        return [self._channels[i] for i in self._check_layers(layers)]
-
-    def _run(self, x: Tensor, wanted: tuple[int, ...], stop: int) -> tuple[Tensor, list[Tensor]]:
-        """Run entries ``0..stop``; return the last output and the outputs of ``wanted``."""
-        taps: dict[int, Tensor] = {}
-        for i, layer in enumerate(self.net):
-            x = layer(x)
-            if i in wanted:
-                taps[i] = x
-            if i == stop:
-                break
-        return x, [taps[i] for i in wanted]
-
-    def _check_layers(self, layers: Sequence[int]) -> tuple[int, ...]:
-        n = len(self.net)
-        if isinstance(layers, int) or not isinstance(layers, Sequence) or len(layers) == 0:
-            raise ValueError(f"layers must be a non-empty sequence of indices, got {layers!r}")
-        try:
-            wanted = tuple(operator.index(i) for i in layers)
-        except TypeError:
-            raise ValueError(f"layer indices must be integers, got {layers!r}") from None
-        bad = [i for i in wanted if not 0 <= i < n]
-        if bad:
-            raise ValueError(f"layer index {bad[0]} out of range: this generator's sequence has "
-                             f"{n} entries (valid indices 0..{n - 1})")
-        return wanted
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.input_nc:
