@@ -278,6 +278,26 @@ class GeneratedUnpaired(Dataset):
         return item
 
 
+def _claim_root(root: Path, settings: dict, manifest: str = "generated.json",
+                what: str = "generated dataset") -> None:
+    """Create ``root`` and record ``settings`` in ``root/manifest``; a root already holding data
+    made with other settings is an error rather than a silent mix of two datasets."""
+    path = root / manifest
+    if path.exists() and json.loads(path.read_text()) != settings:
+        raise ValueError(f"{root} holds a {what} made with {path.read_text()}, not {settings}; "
+                         f"use another root")
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings))
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    """Write then rename, so an interruption never leaves a truncated file to be skipped."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    Image.fromarray(array).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
 def write_generated_dataset(root: str | Path, *, n_train: int = 200, n_test: int = 50,
                             size: int | tuple[int, int] = (256, 256), seed: int = 0,
                             progress: bool = True) -> Path:
@@ -292,12 +312,7 @@ def write_generated_dataset(root: str | Path, *, n_train: int = 200, n_test: int
     h, w = parse_size(size, "size")
     _check_counts(n_train, n_test)
     settings = {"seed": seed, "size": [h, w], "render_version": RENDER_VERSION}
-    manifest = root / "generated.json"
-    if manifest.exists() and json.loads(manifest.read_text()) != settings:
-        raise ValueError(f"{root} holds a generated dataset made with {manifest.read_text()}, "
-                         f"not {settings}; use another root")
-    root.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps(settings))
+    _claim_root(root, settings)
     jobs = [(split, domain, i) for split, n in (("train", n_train), ("test", n_test))
             for domain in ("A", "B") for i in range(n)]
     for split, domain, i in tqdm(jobs, desc=f"generating {root}", disable=not progress):
@@ -308,9 +323,5 @@ def write_generated_dataset(root: str | Path, *, n_train: int = 200, n_test: int
             continue
         image, mask = render_sample(domain, _split_index(split, i), size=(h, w), seed=seed)
         for path, array in ((image_path, image), (mask_path, mask.astype(np.uint8) * 255)):
-            path.parent.mkdir(exist_ok=True)
-            # Write then rename, so an interruption never leaves a truncated file to be skipped.
-            tmp = path.with_suffix(".tmp")
-            Image.fromarray(array).save(tmp, format="PNG")
-            os.replace(tmp, path)
+            _write_png(path, array)
     return root

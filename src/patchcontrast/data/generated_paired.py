@@ -16,18 +16,15 @@ generator's ``(seed, 0 | 1, index)``.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from .folders import parse_size
-from .generated import TEST_OFFSET, _upsample
+from .generated import TEST_OFFSET, _check_counts, _claim_root, _upsample, _write_png
 
 GENERATED_CLASSES = ("sky", "brick", "grass", "water", "sand", "wood", "metal", "flowers")
 GENERATED_LABEL_NC = len(GENERATED_CLASSES)
@@ -219,17 +216,10 @@ def write_generated_paired(root: str | Path, *, n_train: int = 200, n_test: int 
     """
     root = Path(root)
     h, w = parse_size(size, "size")
-    if not 0 < n_train <= TEST_OFFSET or n_test <= 0:
-        raise ValueError(f"need 0 < n_train <= {TEST_OFFSET} and n_test > 0, "
-                         f"got n_train={n_train}, n_test={n_test}")
+    _check_counts(n_train, n_test)
     settings = {"kind": "paired", "seed": seed, "size": [h, w],
                 "render_version": PAIRED_RENDER_VERSION, "label_nc": GENERATED_LABEL_NC}
-    manifest = root / "generated.json"
-    if manifest.exists() and json.loads(manifest.read_text()) != settings:
-        raise ValueError(f"{root} holds a generated dataset made with {manifest.read_text()}, "
-                         f"not {settings}; use another root")
-    root.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps(settings))
+    _claim_root(root, settings)
     jobs = [(split, i) for split, n in (("train", n_train), ("test", n_test)) for i in range(n)]
     for split, i in tqdm(jobs, desc=f"generating {root}", disable=not progress):
         name = f"{i:06d}.png"
@@ -239,9 +229,5 @@ def write_generated_paired(root: str | Path, *, n_train: int = 200, n_test: int 
         index = i if split == "train" else TEST_OFFSET + i
         label, image = render_paired_sample(index, size=(h, w), seed=seed)
         for path, array in ((label_path, label), (image_path, image)):
-            path.parent.mkdir(exist_ok=True)
-            # Write then rename, so an interruption never leaves a truncated file to be skipped.
-            tmp = path.with_suffix(".tmp")
-            Image.fromarray(array).save(tmp, format="PNG")
-            os.replace(tmp, path)
+            _write_png(path, array)
     return root

@@ -25,7 +25,6 @@ same ``batch_size``): the randomness is inside the items.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .folders import item_generator, list_images, load_image, parse_size
-from .generated import RENDER_VERSION, render_sample
+from .generated import RENDER_VERSION, _claim_root, _write_png, render_sample
 
 _DOMAINS = ("A", "B")
 
@@ -204,21 +203,12 @@ def write_generated_single_pair(root: str | Path, *, size: int | tuple[int, int]
     root = Path(root)
     h, w = parse_size(size, "size")
     settings = {"seed": seed, "size": [h, w], "render_version": RENDER_VERSION}
-    manifest = root / "generated_single.json"
-    if manifest.exists() and json.loads(manifest.read_text()) != settings:
-        raise ValueError(f"{root} holds a generated single-image pair made with "
-                         f"{manifest.read_text()}, not {settings}; use another root")
-    root.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps(settings))
+    _claim_root(root, settings, "generated_single.json", "generated single-image pair")
     for domain, name in (("A", "a.png"), ("B", "b.png")):
         path = root / f"train{domain}" / name
         if path.exists():
             continue
-        image, _ = render_sample(domain, 0, size=(h, w), seed=seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        _write_png(path, render_sample(domain, 0, size=(h, w), seed=seed)[0])
     test = root / "testA" / "a.png"
     if not test.exists():
         test.parent.mkdir(parents=True, exist_ok=True)
