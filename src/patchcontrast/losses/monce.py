@@ -102,17 +102,24 @@ def monce(
     _check_weighting(weighting, beta, Q)
     _check_solver(iters, tol, diagonal)
     n = check_group_size(q, negatives)
-    if tol == "auto":
-        tol = AUTO_TOL[q.dtype]
     s, eye = _similarities(q, k, negatives, detach_keys)
-    cost = monce_cost(s if grad_through_plan else s.detach(), weighting=weighting,
-                      diagonal=diagonal)
-    ones = torch.ones(s.shape[:2], dtype=s.dtype, device=s.device)  # unit marginals, (G, n)
-    plan = solve(cost, eps=float(beta), a=ones, b=ones, iters=iters, tol=tol)  # (G, n, n)
+    plan = _plan(s if grad_through_plan else s.detach(), weighting=weighting, diagonal=diagonal,
+                 eps=beta, iters=iters, tol=tol)
     log_f = torch.log(plan * (Q * (n - 1)) + WEIGHT_FLOOR)
     weighted = _upstream_diagonal(s + tau * log_f, eye)
     loss = contrastive_loss(s.diagonal(dim1=1, dim2=2) / tau, weighted / tau)
     return reduce(loss, q.shape, reduction)
+
+
+def _plan(s: Tensor, *, weighting: Weighting, diagonal: Diagonal, eps: float, iters: int,
+          tol: float | Literal["auto"] | None) -> Tensor:
+    """Sinkhorn plan ``(G, n, n)`` with unit marginals for the MoNCE cost of similarities
+    ``s`` ``(G, n, n)``; ``tol="auto"`` picks :data:`AUTO_TOL` for the dtype."""
+    if tol == "auto":
+        tol = AUTO_TOL[s.dtype]
+    cost = monce_cost(s, weighting=weighting, diagonal=diagonal)
+    ones = torch.ones(s.shape[:2], dtype=s.dtype, device=s.device)  # unit marginals, (G, n)
+    return solve(cost, eps=float(eps), a=ones, b=ones, iters=iters, tol=tol)
 
 
 def _check_solver(iters: object, tol: object, diagonal: object) -> None:
@@ -174,12 +181,8 @@ def monce_spade_official(
     check_positive("eps", eps)
     check_positive("ot_weight", ot_weight)
     _check_solver(iters, tol, "upstream")
-    if tol == "auto":
-        tol = AUTO_TOL[q.dtype]
     s, eye = _similarities(q, k, negatives, detach_keys)
-    cost = monce_cost(s, weighting="hard", diagonal="upstream")
-    ones = torch.ones(s.shape[:2], dtype=s.dtype, device=s.device)
-    plan = solve(cost, eps=float(eps), a=ones, b=ones, iters=iters, tol=tol)  # (G, n, n)
+    plan = _plan(s, weighting="hard", diagonal="upstream", eps=eps, iters=iters, tol=tol)
     log_f = torch.log(plan * ot_weight + WEIGHT_FLOOR)
     positive = s.diagonal(dim1=1, dim2=2) + tau * log_f.amax(-1)  # (G, n)
     weighted = _upstream_diagonal(s + tau * log_f, eye)
