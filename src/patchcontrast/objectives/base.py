@@ -55,6 +55,21 @@ class Objective(nn.Module):
     def release(self) -> None:
         """Drop the tensors kept by :meth:`prepare` (end of iteration)."""
 
+    def exclude_from_state(self, prefix: str) -> None:
+        """Leave the entries under ``prefix`` (e.g. ``"vgg."``, a frozen pretrained network that
+        is rebuilt from its weight source) out of ``state_dict`` and accept their absence when
+        loading, so checkpoints stay small and hold only what training changes."""
+
+        def drop(module: nn.Module, state: dict, base: str, local_metadata: dict) -> None:
+            for key in [k for k in state if k.startswith(base + prefix)]:
+                del state[key]
+
+        def allow_missing(module: nn.Module, keys) -> None:
+            keys.missing_keys[:] = [k for k in keys.missing_keys if not k.startswith(prefix)]
+
+        self._register_state_dict_hook(drop)
+        self.register_load_state_dict_post_hook(allow_missing)
+
     def samples(self, batch: dict) -> dict[str, Tensor]:
         """Images for the sample grid, each ``(B, C, H, W)`` in ``[-1, 1]``, columns in order
         (e.g. input | translation | identity). Called under ``torch.no_grad()``."""

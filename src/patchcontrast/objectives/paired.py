@@ -80,8 +80,7 @@ class PairedObjective(Objective):
                                    allow_random=cfg.allow_random_vgg,
                                    preprocess=cfg.vgg_preprocess, frozen=cfg.vgg_frozen)
             if cfg.vgg_frozen:
-                self._register_state_dict_hook(_drop_vgg)
-                self.register_load_state_dict_post_hook(_ignore_missing_vgg)
+                self.exclude_from_state("vgg.")
             else:
                 g_modules.append("vgg")
             if cfg.metric != "perceptual":
@@ -207,12 +206,3 @@ class PairedObjective(Objective):
             seg = nn.functional.pad(seg, (0, pad_w, 0, pad_h), mode="replicate")
         return self.G(seg)[..., :h, :w]
 
-
-def _drop_vgg(module: nn.Module, state: dict, prefix: str, local_metadata: dict) -> None:
-    """state_dict hook: a frozen VGG is not saved (it is rebuilt from its weight source)."""
-    for key in [k for k in state if k.startswith(prefix + "vgg.")]:
-        del state[key]
-
-
-def _ignore_missing_vgg(module: nn.Module, keys) -> None:
-    keys.missing_keys[:] = [k for k in keys.missing_keys if not k.startswith("vgg.")]

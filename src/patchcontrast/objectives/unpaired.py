@@ -82,8 +82,7 @@ class UnpairedObjective(Objective):
         self.sesim = SeSimFeatures(cfg.sesim, vgg_source=None if cfg.sesim == "random"
                                    else cfg.vgg_source, vgg_weights=cfg.vgg_weights,
                                    allow_random_vgg=random)
-        self._register_state_dict_hook(_drop_prefix("sesim.backbone."))
-        self.register_load_state_dict_post_hook(_allow_missing("sesim.backbone."))
+        self.exclude_from_state("sesim.backbone.")
         if cfg.sesim == "learned":
             self.nce = build_loss(cfg.contrastive, tau=cfg.tau, **cfg.loss_options)
 
@@ -251,16 +250,3 @@ class UnpairedObjective(Objective):
             else images
         return self.G(x)[..., :h, :w]
 
-
-def _drop_prefix(prefix: str):
-    """state_dict hook leaving out the entries under ``prefix`` (a frozen pretrained part)."""
-    def hook(module: nn.Module, state: dict, base: str, local_metadata: dict) -> None:
-        for key in [k for k in state if k.startswith(base + prefix)]:
-            del state[key]
-    return hook
-
-
-def _allow_missing(prefix: str):
-    def hook(module: nn.Module, keys) -> None:
-        keys.missing_keys[:] = [k for k in keys.missing_keys if not k.startswith(prefix)]
-    return hook
