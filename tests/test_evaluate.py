@@ -89,6 +89,13 @@ def test_evaluate_run_over_checkpoints(tmp_path, capsys):
     assert {"swd_avg", "content_iou"} <= set(rows[0])
     summary = json.loads((run / "eval/summary.json").read_text())
     assert summary["final"]["step"] == 4 and summary["best_selected_on_test_set"]["by"] == "swd_avg"
+    # the built-in images are written at the load size (36 px); the run trained on 32 px crops
+    # and is judged at 32 px
+    assert summary["settings"]["translated_at"] == [32, 32]
+    assert summary["settings"]["swd"]["size"] == [32, 32]
+    from PIL import Image
+
+    assert {Image.open(p).size for p in (run / "eval/step_00000004").glob("*.png")} == {(32, 32)}
     assert (run / "eval/metrics.png").stat().st_size > 0
     assert "best_selected_on_test_set" in capsys.readouterr().out
 

@@ -101,6 +101,13 @@ def test_cli_train_and_translate(tmp_path, capsys):
     assert main(["translate", "--checkpoint", run, "--input", str(tmp_path / "data/testA"),
                  "--output", str(tmp_path / "out")]) == 0
     assert "wrote 2 images" in capsys.readouterr().out
+    assert main(["translate", "--checkpoint", run, "--input", str(tmp_path / "data/testA"),
+                 "--output", str(tmp_path / "small"), "--size", "24", "28"]) == 0
+    assert {Image.open(p).size for p in (tmp_path / "small").glob("*.png")} == {(28, 24)}
+    with pytest.raises(SystemExit):
+        main(["translate", "--checkpoint", run, "--input", str(tmp_path / "data/testA"),
+              "--output", str(tmp_path / "bad"), "--size", "1", "2", "3"])
+    assert "--size takes one side or HEIGHT WIDTH" in capsys.readouterr().err
 
 
 def test_train_non_square(tmp_path):

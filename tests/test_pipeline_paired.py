@@ -17,7 +17,7 @@ from patchcontrast.cli import main
 from patchcontrast.config import resolve_config
 from patchcontrast.data.paired import FACADES_PALETTE
 from patchcontrast.evaluate import evaluate_run
-from patchcontrast.pipeline import latest_checkpoint, train, translate
+from patchcontrast.pipeline import _resize, latest_checkpoint, train, translate
 
 TINY = ["model.ngf=4", "model.ndf=4", "model.n_layers_d=2", "model.num_patches=16",
         "model.vgg_source=random", "model.allow_random_vgg=true",
@@ -51,6 +51,11 @@ def test_train_translate_evaluate_and_resume(tmp_path):
         labels / "odd.png")
     written = translate(run, labels, tmp_path / "out", progress=False)
     assert Image.open(written[0]).size == (70, 40)
+    small = translate(run, labels, tmp_path / "small", progress=False, size=(20, 36))
+    assert Image.open(small[0]).size == (36, 20)
+    ids = torch.from_numpy(np.array(Image.open(labels / "odd.png")).astype(np.int64))[None]
+    resized = _resize(ids, (20, 36))  # nearest neighbour: class ids stay ids
+    assert resized.dtype == torch.int64 and set(resized.unique().tolist()) <= set(range(8))
     summary = evaluate_run(run, progress=False)
     assert summary["n_checkpoints"] == 2 and summary["n_fake"] == 3
     assert (run / "eval/metrics.csv").is_file() and (run / "eval/metrics.png").is_file()

@@ -71,6 +71,9 @@ def _translate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=8, help="images of equal size per batch")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    p.add_argument("--size", type=int, nargs="+", default=None, metavar="PX",
+                   help="resize every input first: one side (square) or HEIGHT WIDTH, e.g. the "
+                   "run's training crop size; label maps are resized nearest-neighbour")
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
@@ -198,6 +201,13 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
                    help="stop every run after this many iterations (smoke tests)")
 
 
+def _size_arg(values: list[int]) -> int | tuple[int, int]:
+    """``--size PX`` or ``--size HEIGHT WIDTH``."""
+    if len(values) > 2:
+        raise ValueError(f"--size takes one side or HEIGHT WIDTH; got {len(values)} numbers")
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
 def _train_config(args: argparse.Namespace):
     overrides = list(args.overrides)
     if args.dataroot is not None:
@@ -225,8 +235,9 @@ def _run(args: argparse.Namespace) -> None:
             return
         pipeline.train(cfg, resume=args.resume)
     elif args.command == "translate":
+        size = None if args.size is None else _size_arg(args.size)
         written = pipeline.translate(args.checkpoint, args.input, args.output,
-                                     batch_size=args.batch_size, device=args.device)
+                                     batch_size=args.batch_size, device=args.device, size=size)
         print(f"wrote {len(written)} images to {args.output}")
     elif args.command == "evaluate":
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]

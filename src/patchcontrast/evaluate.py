@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .data import list_images, load_image
+from .data.folders import parse_size
 
 METRICS = ("swd", "fid", "kid", "content", "domain", "segmentation")
 
@@ -21,7 +22,7 @@ def _load_uint8(paths: Sequence[Path]) -> list[torch.Tensor]:
 def evaluate_folders(real: str | Path | None, fake: str | Path, *,
                      metrics: Sequence[str] = ("swd",),
                      masks: str | Path | None = None, inception_weights: str | Path | None = None,
-                     swd_size: int = 256, seed: int = 0, device: str = "cpu",
+                     swd_size: int | tuple[int, int] = 256, seed: int = 0, device: str = "cpu",
                      cache_dir: str | Path | None = None, progress: bool = True,
                      labels: str | Path | None = None, seg_model: str | None = None,
                      num_classes: int | None = None, ignore_index: int = 255) -> dict:
@@ -140,7 +141,8 @@ def evaluate_run(run_dir: str | Path, *, metrics: Sequence[str] = ("swd",), sele
     Writes ``RUN_DIR/eval/metrics.csv`` (one row per checkpoint), ``metrics.png`` (each metric
     against the step) and ``summary.json`` with the final checkpoint and the best one by
     ``select`` (lower is better) — the latter is selected on the test set, as the official
-    repos do, and labelled so. Translations go to ``RUN_DIR/eval/step_XXXXXXXX/``.
+    repos do, and labelled so. Translations go to ``RUN_DIR/eval/step_XXXXXXXX/``. The test
+    inputs are translated, and SWD computed, at the run's training crop size.
     """
     import csv
 
@@ -154,15 +156,20 @@ def evaluate_run(run_dir: str | Path, *, metrics: Sequence[str] = ("swd",), sele
     cfg = pipeline.run_config(run_dir)
     out = run_dir / "eval"
     source, target, masks = _test_split(cfg, out)
+    # the test inputs are resized to the training crop size and SWD is taken at that size, so a
+    # 64 px run is neither translated at a scale it never saw nor judged on upsampled images
+    # (a single-image run translates its whole image, as its demo does)
+    single = getattr(cfg.data, "mode", None) == "single_image"
+    size = None if single else parse_size(cfg.data.crop_size, "crop_size")
     rows = []
     for checkpoint in checkpoints:
         step = int(checkpoint.stem.split("_")[1])
         fake = out / checkpoint.stem
-        pipeline.translate(checkpoint, source, fake, device=device, progress=progress)
+        pipeline.translate(checkpoint, source, fake, device=device, progress=progress, size=size)
         result = evaluate_folders(target, fake, metrics=metrics,
                                   masks=masks if masks is not None and masks.is_dir() else None,
-                                  inception_weights=inception_weights, device=device,
-                                  progress=progress)
+                                  inception_weights=inception_weights, swd_size=size or 256,
+                                  device=device, progress=progress)
         rows.append({"step": step, **result["metrics"]})
     if select not in rows[0]:
         raise ValueError(f"cannot select by {select!r}; computed: {', '.join(rows[0])}")
@@ -173,7 +180,8 @@ def evaluate_run(run_dir: str | Path, *, metrics: Sequence[str] = ("swd",), sele
     best = min(rows, key=lambda r: r[select])
     summary = {"run_dir": str(run_dir), "real": str(target), "n_checkpoints": len(rows),
                "final": rows[-1], "best_selected_on_test_set": {"by": select, **best},
-               "settings": result["settings"], "n_real": result.get("n_real"),
+               "settings": {**result["settings"], "translated_at": size},
+               "n_real": result.get("n_real"),
                "n_fake": result["n_fake"]}
     write_json(summary, out / "summary.json")
     _plot(rows, out / "metrics.png")

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate
 from torchvision.utils import save_image
 from tqdm import tqdm
 
 from .config import DataConfig, PairedDataConfig, PairedRunConfig, RunConfig, config_from_dict
 from .data import UnalignedDataset, list_images, load_image, write_generated_dataset
+from .data.folders import parse_size
 from .data.generated import RENDER_VERSION
 from .data.generated_paired import PAIRED_RENDER_VERSION, write_generated_paired
 from .data.paired import PairedDataset, colours_to_labels, resolve_palette, split_pair
@@ -159,14 +161,18 @@ def load_objective(checkpoint: str | Path, device: str = "cpu"
 
 
 def translate(checkpoint: str | Path, inputs: str | Path, output: str | Path, *,
-              batch_size: int = 8, device: str = "cpu", progress: bool = True) -> list[Path]:
+              batch_size: int = 8, device: str = "cpu", progress: bool = True,
+              size: int | tuple[int, int] | None = None) -> list[Path]:
     """Translate an image file or every image of a folder with the checkpoint's generator.
 
     Unpaired runs read images; paired runs read label maps: single-channel class-id images, or
     for a run trained on side-by-side pairs (pix2pix layout) those pair images, whose colour
     label half is mapped to class ids. Outputs keep the input's size (padded internally and
-    cropped back) and name, written as PNG in ``output``; inputs of equal size are batched.
+    cropped back; the resized size with ``size``) and name, written as PNG in ``output``; inputs of equal size are batched.
+    ``size`` (int or (height, width)) first resizes every input (bilinear with antialiasing;
+    label maps nearest), e.g. to the resolution the run was trained at.
     """
+    target = None if size is None else parse_size(size, "size")
     objective, cfg, path = load_objective(checkpoint, device)
     inputs = Path(inputs)
     files = [inputs] if inputs.is_file() else list_images(inputs)
@@ -176,7 +182,7 @@ def translate(checkpoint: str | Path, inputs: str | Path, output: str | Path, *,
     written = []
     with tqdm(total=len(files), desc="translate", unit="img", disable=not progress) as bar:
         for file in files:
-            x = _read_input(file, cfg).to(device)
+            x = _resize(_read_input(file, cfg), target).to(device)
             group = by_size.setdefault(tuple(x.shape[-2:]), [])
             group.append((file, x))
             if len(group) == batch_size:
@@ -214,6 +220,16 @@ def _read_input(file: Path, cfg: RunConfig) -> torch.Tensor:
         raise ValueError(f"{file}: label values {bad[:10].tolist()} outside 0.."
                          f"{model.label_nc - 1 + int(model.dont_care)}")
     return torch.from_numpy(ids)[None]
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """Resize one generator input (C, H, W); class ids stay ids (nearest neighbour)."""
+    if size is None or tuple(x.shape[-2:]) == size:
+        return x
+    if x.dtype == torch.int64:
+        return F.interpolate(x[None].float(), size=size, mode="nearest")[0].long()
+    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False,
+                         antialias=True)[0]
 
 
 def _to_array(image) -> np.ndarray:
