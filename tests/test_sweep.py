@@ -93,6 +93,9 @@ def test_grid_trains_evaluates_and_aggregates(finished):
     plot = sweep / "plots" / "00_swd_avg_vs_lambda_gan.png"
     assert result["plots"] == [str(plot)]
     assert Image.open(plot).size[0] > 300
+    # example translations: an input column and one per variant (6.6 in per 6 columns at 120 dpi)
+    width, height = Image.open(sweep / "translations.png").size
+    assert width == round(1.1 * 5 * 120) and height > 200
     assert aggregate(sweep)[0] == result["rows"]  # re-aggregation reads the same records
 
 
@@ -243,7 +246,8 @@ def test_shipped_specs_cover_the_papers_tables():
     presets = {p.stem: {r.preset for r in plan(load_spec(p))} for p in SHIPPED}
     assert {p.stem for p in SHIPPED} == {f"{t}_{s}" for t in ("table1", "table2", "weighting",
                                                               "put", "table3", "table4")
-                                         for s in ("paper", "cpu")}
+                                         for s in ("paper", "cpu")} | {"table1_h2z_cpu"}
+    assert presets["table1_h2z_cpu"] == presets["table1_cpu"]
     assert presets["table2_cpu"] == {"sesim-random", "fsesim", "lsesim-patchnce",
                                      "lsesim-weightnce", "lsesim-monce"}
     assert presets["table1_cpu"] == {"gan-only", "cycle", "cut", "cut-weightnce", "cut-monce",

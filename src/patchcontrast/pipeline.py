@@ -168,7 +168,7 @@ def translate(checkpoint: str | Path, inputs: str | Path, output: str | Path, *,
     Unpaired runs read images; paired runs read label maps: single-channel class-id images, or
     for a run trained on side-by-side pairs (pix2pix layout) those pair images, whose colour
     label half is mapped to class ids. Outputs keep the input's size (padded internally and
-    cropped back; the resized size with ``size``) and name, written as PNG in ``output``; inputs of equal size are batched.
+    cropped back) and name, written as PNG in ``output``; inputs of equal size are batched.
     ``size`` (int or (height, width)) first resizes every input (bilinear with antialiasing;
     label maps nearest), e.g. to the resolution the run was trained at.
     """

@@ -40,7 +40,7 @@ and the sweep goes on (a re-run retries it); Ctrl-C stops after the run's own ch
 metrics re-evaluate without retraining. Tables report the final checkpoint, mean and sample std
 over seeds, and the checkpoint selected on the test set, labelled so. Written files: ``spec.yaml``,
 ``status.json``, per run ``sweep_run.json`` + ``sweep.log``, and :func:`aggregate`'s
-``results.csv``, ``results.md``, ``runs.csv`` and ``plots/*.png``.
+``results.csv``, ``results.md``, ``runs.csv``, ``plots/*.png`` and ``translations.png``.
 """
 
 from __future__ import annotations
@@ -248,18 +248,21 @@ def aggregate(sweep_dir: str | Path) -> tuple[list[dict], str]:
     ``select`` metric of the checkpoint chosen on the test set (``best_on_test_*``, labelled so).
 
     Reads ``spec.yaml`` and the runs' ``sweep_run.json``; writes ``results.csv``, ``results.md``,
-    ``runs.csv`` and the spec's ``plots/*.png``. Returns (rows, Markdown table).
+    ``runs.csv``, the spec's ``plots/*.png`` and ``translations.png`` (example test translations
+    of every variant). Returns (rows, Markdown table).
     """
     sweep_dir = Path(sweep_dir)
     spec = load_spec(sweep_dir / "spec.yaml")
     runs, keys, select = plan(spec), metric_keys(spec["metrics"]), spec["select"]
     short = short_names([k for group in spec["runs"] for k in group["grid"]])
     records = {run.name: _read_json(sweep_dir / run.name / "sweep_run.json") for run in runs}
-    variants, per_run = [], []
+    variants, per_run, examples = [], [], []
     for variant, members in itertools.groupby(runs, key=lambda r: r.variant):
         members = list(members)
         found = [records[m.name] for m in members if records[m.name]]
         done = [r for r in found if r["status"] == "done"]
+        if done:
+            examples.append((variant, min(done, key=lambda r: r["seed"])))
         row = {"variant": variant, "preset": members[0].preset, "label": members[0].label or "",
                **{short[k]: v for k, v in members[0].params.items()},
                "seeds_done": len(done), "seeds_failed": sum(r["status"] == "failed" for r in found),
@@ -280,6 +283,8 @@ def aggregate(sweep_dir: str | Path) -> tuple[list[dict], str]:
     table = _markdown(spec, rows, keys, [r for r in per_run if r["status"] == "failed"])
     (sweep_dir / "results.md").write_text(table + "\n")
     _plots(spec, variants, short, sweep_dir / "plots")
+    if examples:
+        _translation_grid(sweep_dir, examples, sweep_dir / "translations.png")
     return rows, table
 
 
@@ -379,3 +384,52 @@ def _plots(spec: dict, variants: list[tuple[SweepRun, dict]], short: dict[str, s
         fig.tight_layout()
         fig.savefig(folder / f"{i:02d}_{y}_vs_{short[x].replace('.', '-')}.png", dpi=100)
         plt.close(fig)
+
+
+def _translation_grid(sweep_dir: Path, examples: list[tuple[str, dict]], path: Path,
+                      n: int = 6) -> None:
+    """The first ``n`` test images (rows) as each variant translated them at its final checkpoint
+    (columns; the variant's lowest seed done), after a reference column: the source image, or for
+    paired runs (whose source is a label map) the real photo."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from . import evaluate, pipeline
+    from .config import PairedRunConfig
+    from .data import list_images, load_image
+
+    columns = []
+    for variant, record in examples:
+        folder = sweep_dir / record["name"] / "eval" / f"step_{record.get('step') or 0:08d}"
+        files = list_images(folder)[:n] if folder.is_dir() else []
+        if files:
+            columns.append((variant, files))
+    if not columns:
+        return
+    run_dir = sweep_dir / examples[0][1]["name"]
+    cfg = pipeline.run_config(run_dir)
+    source, target, _ = evaluate._test_split(cfg, run_dir / "eval")
+    paired = isinstance(cfg, PairedRunConfig)
+    reference = {f.stem: f for f in list_images(target if paired else source)}
+    stems = [f.stem for f in columns[0][1]]
+    fig, axes = plt.subplots(len(stems), len(columns) + 1, squeeze=False,
+                             figsize=(1.1 * (len(columns) + 1), 1.1 * len(stems) + 0.9))
+    for row, stem in enumerate(stems):
+        images = [load_image(reference[stem], 3) if stem in reference else None]
+        images += [load_image(files[row], 3) if row < len(files) else None
+                   for _, files in columns]
+        size = images[1].size if images[1] is not None else None
+        for col, image in enumerate(images):
+            ax = axes[row, col]
+            ax.axis("off")
+            if image is not None:
+                ax.imshow(np.asarray(image.resize(size) if size and col == 0 else image))
+    titles = ["real photo" if paired else "input", *(v for v, _ in columns)]
+    for ax, title in zip(axes[0], titles):
+        ax.set_title(title.replace("__", "\n"), fontsize=5)
+    fig.tight_layout(pad=0.2)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
