@@ -5,8 +5,10 @@ import copy
 import csv
 import functools
 import json
+import os
 import signal
 import statistics
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -103,10 +105,17 @@ def test_rerun_skips_finished_runs(finished, capsys):
     root, _ = finished
     checkpoints = sorted((root / "tiny").glob("*/checkpoints/step_*.pt"))
     before = [p.stat().st_mtime_ns for p in checkpoints]
-    result = run_sweep(spec(), root=root, max_steps=2)
+    result = run_sweep(spec(), root=root, max_steps=2, report=root / "report")
     assert {r["status"] for r in result["runs"]} == {"done"}
     assert [p.stat().st_mtime_ns for p in checkpoints] == before
     assert capsys.readouterr().out.count("done already (step 2), skipped") == 8
+    # --report copies the aggregate files only, the same bytes as the sweep folder's
+    report = root / "report" / "tiny"
+    assert result["report"] == str(report)
+    assert sorted(p.relative_to(report).as_posix() for p in report.rglob("*") if p.is_file()) \
+        == ["plots/00_swd_avg_vs_lambda_gan.png", "results.csv", "results.md", "runs.csv",
+            "spec.yaml", "translations.png"]
+    assert (report / "results.md").read_bytes() == (root / "tiny/results.md").read_bytes()
 
 
 def test_interrupted_runs_resume_and_new_metrics_only_evaluate(tmp_path, monkeypatch):
@@ -272,3 +281,19 @@ def test_cli_dry_run_lists_the_runs(tmp_path, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "seeds must be a non-empty list" in err and "Traceback" not in err
+
+
+def test_reproduce_script_runs_every_cpu_spec_into_docs_results(tmp_path):
+    """sweeps/reproduce_cpu.sh, with a stand-in `patchcontrast` that prints its arguments."""
+    stub = tmp_path / "bin" / "patchcontrast"
+    stub.parent.mkdir()
+    stub.write_text('#!/bin/sh\necho "$@"\n')
+    stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{stub.parent}{os.pathsep}{os.environ['PATH']}",
+           "ONLY": "seed=0", "ROOT": str(tmp_path / "runs")}
+    out = subprocess.run(["bash", str(SWEEPS / "reproduce_cpu.sh")], env=env, check=True,
+                         capture_output=True, text=True).stdout.splitlines()
+    calls = [line for line in out if line.startswith("sweep ")]
+    cpu = sorted(SWEEPS.glob("*_cpu.yaml"))
+    assert calls == [f"sweep sweeps/{p.name} --root {tmp_path / 'runs'} --report docs/results "
+                     "--only seed=0" for p in cpu]

@@ -181,15 +181,17 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=Formatter,
         description="Run every (preset x grid point x seed) of a YAML spec, each in "
         "ROOT/NAME/<run>/, evaluate each run's checkpoints (evaluate --run) and aggregate mean "
-        "+- std over seeds into results.csv, results.md and plots/*.png (MoNCE Tables 1, 3, 4, "
-        "Fig. 3, 7). Every run's config is resolved before anything trains. Re-running the "
+        "+- std over seeds into results.csv, results.md, plots/*.png (MoNCE Tables 1, 3, 4, "
+        "Fig. 3, 7) and translations.png (example test translations of every variant). Every "
+        "run's config is resolved before anything trains. Re-running the "
         "same command skips finished runs and resumes interrupted ones; a failed run is "
         "recorded (RUN/sweep_run.json, traceback in RUN/sweep.log) and the others go on. "
         "Ctrl-C stops after the current run's checkpoint.",
         epilog="spec format: the docstring of patchcontrast.sweep (python -m pydoc "
         "patchcontrast.sweep); ready-made specs in sweeps/ (table1, weighting, put, table3, "
         "table4; _paper for a GPU, _cpu for a 2-core CPU). Example: patchcontrast sweep "
-        "sweeps/table1_cpu.yaml --dry-run",
+        "sweeps/table1_cpu.yaml --dry-run; every cpu sweep into docs/results/: bash "
+        "sweeps/reproduce_cpu.sh",
     )
     p.add_argument("spec", metavar="SPEC", help="sweep spec (YAML)")
     p.add_argument("--root", default="runs/sweeps", help="folder that receives ROOT/NAME/")
@@ -199,6 +201,9 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
                    help="only the runs whose folder name matches (glob pattern or substring)")
     p.add_argument("--max-steps", type=int, default=None,
                    help="stop every run after this many iterations (smoke tests)")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="also copy the tables, plots and translations.png to DIR/NAME/ (e.g. "
+                   "docs/results)")
 
 
 def _size_arg(values: list[int]) -> int | tuple[int, int]:
@@ -291,7 +296,7 @@ def _run(args: argparse.Namespace) -> None:
         from .sweep import run_sweep
 
         run_sweep(args.spec, root=args.root, dry_run=args.dry_run, only=args.only,
-                  max_steps=args.max_steps)
+                  max_steps=args.max_steps, report=args.report)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,6 +51,7 @@ import fnmatch
 import itertools
 import json
 import shlex
+import shutil
 import statistics
 import time
 import traceback
@@ -83,14 +84,16 @@ _RESUMABLE = ("run_dir", "max_steps", "device", "log_every", "sample_every", "ch
 
 
 def run_sweep(spec: str | Path | dict, *, root: str | Path = "runs/sweeps", dry_run: bool = False,
-              only: str | None = None, progress: bool = True, max_steps: int | None = None
-              ) -> dict:
+              only: str | None = None, progress: bool = True, max_steps: int | None = None,
+              report: str | Path | None = None) -> dict:
     """Validate ``spec``, then train, evaluate and aggregate its runs into ``ROOT/<name>/``.
 
     ``only``: run just the runs whose folder name matches (a glob pattern, or a substring);
     ``max_steps``: ``train.max_steps`` of every run (smoke tests); ``dry_run``: resolve every
-    config and list the runs, train nothing. Returns ``sweep_dir``, ``runs`` (name, preset, seed,
-    overrides, status) and, unless dry, the aggregate ``rows``, ``table`` and ``plots``.
+    config and list the runs, train nothing; ``report``: also copy the aggregate files (tables,
+    plots, translations) to ``REPORT/<name>/``, e.g. ``docs/results``. Returns ``sweep_dir``,
+    ``runs`` (name, preset, seed, overrides, status) and, unless dry, the aggregate ``rows``,
+    ``table`` and ``plots``.
     """
     raw = read_spec(spec)
     spec = load_spec(raw)
@@ -133,7 +136,23 @@ def run_sweep(spec: str | Path | dict, *, root: str | Path = "runs/sweeps", dry_
     out["plots"] = [str(p) for p in sorted((sweep_dir / "plots").glob("*.png"))]
     say(f"\n{out['table']}\nwrote {sweep_dir}/results.csv, results.md, runs.csv"
         + (f", {len(out['plots'])} plot(s) in plots/" if out["plots"] else ""))
+    if report is not None:
+        out["report"] = str(_copy_report(sweep_dir, Path(report) / spec["name"]))
+        say(f"copied them to {out['report']}")
     return out
+
+
+def _copy_report(sweep_dir: Path, target: Path) -> Path:
+    """The aggregate files of a sweep (not its runs) into ``target``, replacing older copies."""
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for name in ("spec.yaml", "results.md", "results.csv", "runs.csv", "translations.png"):
+        if (sweep_dir / name).is_file():
+            shutil.copy2(sweep_dir / name, target / name)
+    if (sweep_dir / "plots").is_dir():
+        shutil.copytree(sweep_dir / "plots", target / "plots")
+    return target
 
 
 def _run_one(run: SweepRun, cfg: RunConfig, spec: dict, say) -> dict:
