@@ -17,7 +17,7 @@ from patchcontrast.cli import main
 from patchcontrast.config import resolve_config
 from patchcontrast.data.paired import FACADES_PALETTE
 from patchcontrast.evaluate import evaluate_run
-from patchcontrast.pipeline import _resize, latest_checkpoint, train, translate
+from patchcontrast.pipeline import _read_input, _resize, latest_checkpoint, train, translate
 
 TINY = ["model.ngf=4", "model.ndf=4", "model.n_layers_d=2", "model.num_patches=16",
         "model.vgg_source=random", "model.allow_random_vgg=true",
@@ -114,3 +114,14 @@ def test_cli_errors_for_paired_runs(tmp_path, capsys):
         main(["train", "--preset", "spade-percep", "--set", "data.crop_size=48",
               "--run-dir", str(tmp_path / "r2"), "--dry-run"])
     assert "multiples of 32" in capsys.readouterr().err
+
+
+def test_translate_applies_the_label_offset(tmp_path):
+    cfg = resolve_config("spade-monce", "cpu", overrides=[
+        "model.label_nc=3", "model.dont_care=true", "data.ignore_value=0", "data.label_offset=1"])
+    stored = np.array([[0, 1, 2, 3]], np.uint8)
+    Image.fromarray(stored).save(tmp_path / "ade.png")
+    assert _read_input(tmp_path / "ade.png", cfg).tolist() == [[[3, 0, 1, 2]]]
+    with pytest.raises(ValueError, match="label_offset applies to layout='folders'"):
+        resolve_config("spade-monce", "cpu", overrides=[
+            "data.layout=side_by_side", "data.palette=facades", "data.label_offset=1"])

@@ -267,7 +267,8 @@ class PairedDataConfig:
     layout: Literal["folders", "side_by_side"] = "folders"
     palette: str | None = None
     photo_side: Literal["left", "right"] = "left"
-    ignore_value: int | None = None  # label value mapped to the "don't care" class
+    ignore_value: int | None = None  # stored label value mapped to the "don't care" class
+    label_offset: int = 0  # subtracted from stored labels (ADE20K: 1, with ignore_value 0)
     train_phase: str = "train"
     test_phase: str = "test"
     load_size: int | tuple[int, int] = 286
@@ -287,6 +288,9 @@ class PairedDataConfig:
                              f"({self.crop_size})")
         if self.layout == "side_by_side" and self.palette is None:
             raise ValueError("layout='side_by_side' needs a palette (e.g. data.palette=facades)")
+        if self.label_offset and self.layout != "folders":
+            raise ValueError("data.label_offset applies to layout='folders' (stored class ids); "
+                             "side-by-side colours map to ids through the palette")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,13 @@ from .data import UnalignedDataset, list_images, load_image, write_generated_dat
 from .data.folders import parse_size
 from .data.generated import RENDER_VERSION
 from .data.generated_paired import PAIRED_RENDER_VERSION, write_generated_paired
-from .data.paired import PairedDataset, colours_to_labels, resolve_palette, split_pair
+from .data.paired import (
+    PairedDataset,
+    colours_to_labels,
+    remap_label_ids,
+    resolve_palette,
+    split_pair,
+)
 from .data.single_image import SingleImageDataset, write_generated_single_pair
 from .objectives.paired import PairedObjective
 from .objectives.unpaired import UnpairedObjective
@@ -72,6 +78,7 @@ def build_datasets(cfg: RunConfig) -> tuple[Dataset, Dataset]:
     if isinstance(cfg, PairedRunConfig):
         common.update(label_nc=cfg.model.label_nc, layout=data.layout,
                       dont_care=cfg.model.dont_care, ignore_value=data.ignore_value,
+                      label_offset=data.label_offset,
                       palette=data.palette, photo_side=data.photo_side)
         return (PairedDataset(root, data.train_phase, train=True, flip=data.flip, **common),
                 PairedDataset(root, data.test_phase, train=False, flip=False, **common))
@@ -212,9 +219,8 @@ def _read_input(file: Path, cfg: RunConfig) -> torch.Tensor:
             if im.mode not in ("L", "P", "I", "I;16"):
                 raise ValueError(f"{file} is a {im.mode} image; a paired run translates label "
                                  "maps of class ids (single-channel images)")
-            ids = np.array(im).astype(np.int64)
-    if model.dont_care and data.ignore_value is not None:
-        ids[ids == data.ignore_value] = model.label_nc
+            ids = remap_label_ids(np.array(im), model.label_nc, ignore_value=data.ignore_value,
+                                  label_offset=data.label_offset)
     bad = np.unique(ids[(ids < 0) | (ids >= model.label_nc + int(model.dont_care))])
     if bad.size:
         raise ValueError(f"{file}: label values {bad[:10].tolist()} outside 0.."

@@ -14,6 +14,7 @@ from patchcontrast.data.paired import (
     PALETTES,
     PairedDataset,
     colours_to_labels,
+    remap_label_ids,
     resolve_palette,
     split_pair,
 )
@@ -163,6 +164,23 @@ def test_dont_care_and_ignore_value(tmp_path):
     assert np.array_equal(out.numpy(), expected)
     with pytest.raises(ValueError, match="ignore_value=255 needs dont_care=True"):
         PairedDataset(root, label_nc=5, ignore_value=255)
+
+
+def test_label_offset_reads_ade20k_style_labels(tmp_path):
+    # ADE20K stores 0 = unlabelled, 1..K = classes; SPADE trains ids 0..K-1 + don't care K
+    stored = np.array([[0, 1], [2, 3]], np.uint8).repeat(8, 0).repeat(8, 1)
+    root = _write_folders(tmp_path, {"a": stored})
+    kw = {"load_size": 16, "crop_size": 16, "train": False}
+    out = PairedDataset(root, label_nc=3, dont_care=True, ignore_value=0, label_offset=1,
+                        **kw)[0]["label"][0]
+    assert np.array_equal(out.numpy(), np.choose(stored, [3, 0, 1, 2]))
+    assert np.array_equal(remap_label_ids(stored, 3, ignore_value=0, label_offset=1),
+                          out.numpy())
+    with pytest.raises(ValueError, match=r"outside 0\.\.1 in 1 file: a\.png \{-1, 2\}"):
+        PairedDataset(root, label_nc=2, label_offset=1, **kw)  # 0 - 1 and 3 - 1 are not ids
+    with pytest.raises(ValueError, match="label_offset applies to layout='folders'"):
+        PairedDataset(root, label_nc=12, layout="side_by_side", palette="facades",
+                      label_offset=1)
 
 
 def test_crops_depend_only_on_seed_epoch_and_index(tmp_path):

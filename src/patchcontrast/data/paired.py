@@ -156,6 +156,17 @@ def _bad_label_message(bad: dict[Path, set[int]], allowed: str) -> str:
             f"'don't care' with dont_care=True, ignore_value=V")
 
 
+def remap_label_ids(raw: np.ndarray, label_nc: int, *, ignore_value: int | None = None,
+                    label_offset: int = 0) -> np.ndarray:
+    """Raw label values (H, W) -> int64 class ids: ``raw - label_offset``, with the pixels whose
+    raw value is ``ignore_value`` set to ``label_nc`` (the "don't care" class). ADE20K stores
+    0 = unlabelled and 1..150 = classes; SPADE trains it as ``label_offset=1, ignore_value=0``."""
+    ids = raw.astype(np.int64) - label_offset
+    if ignore_value is not None:
+        ids[raw == ignore_value] = label_nc
+    return ids
+
+
 class PairedDataset(Dataset):
     """Aligned label maps and photos for SPADE-style label -> photo training.
 
@@ -167,9 +178,10 @@ class PairedDataset(Dataset):
     ``crop_size`` crop and flip shared by label and photo; ``train=False`` resizes straight to
     ``crop_size`` with no flip. Sizes are ints (square) or (H, W).
 
-    Label values: with ``dont_care=True`` the id ``label_nc`` means "don't care" and, if
-    ``ignore_value`` is given, pixels equal to it are mapped to ``label_nc`` too. Any other id
-    outside [0, label_nc) raises ValueError naming the files and values — at construction for all
+    Label values: ``label_offset`` is subtracted from every stored value first. With
+    ``dont_care=True`` the id ``label_nc`` means "don't care" and, if ``ignore_value`` is given,
+    pixels whose stored value equals it are mapped to ``label_nc`` too. Any other id outside
+    [0, label_nc) raises ValueError naming the files and values — at construction for all
     files (``validate=True``) or when an item is loaded (``validate=False``).
 
     ``side_by_side`` needs ``palette`` (a name from :data:`PALETTES` or RGB colours, index = class
@@ -182,9 +194,9 @@ class PairedDataset(Dataset):
     def __init__(self, root: str | Path, phase: str = "train", *, label_nc: int,
                  layout: Layout = "folders", load_size: Size = 286, crop_size: Size = 256,
                  train: bool = True, flip: bool = True, dont_care: bool = False,
-                 ignore_value: int | None = None, palette: Sequence[RGB] | str | None = None,
-                 photo_side: Side = "left", seed: int = 0, validate: bool = True,
-                 progress: bool = False):
+                 ignore_value: int | None = None, label_offset: int = 0,
+                 palette: Sequence[RGB] | str | None = None, photo_side: Side = "left",
+                 seed: int = 0, validate: bool = True, progress: bool = False):
         root = Path(root)
         if not root.is_dir():
             raise ValueError(f"dataset root {root} does not exist")
@@ -209,8 +221,11 @@ class PairedDataset(Dataset):
         elif palette is not None:
             raise ValueError("palette only applies to layout='side_by_side' (folders hold "
                              "single-channel class-id labels)")
+        if label_offset and layout != "folders":
+            raise ValueError("label_offset applies to layout='folders' (stored class ids)")
         self.transform = build_transform(load_size, crop_size, train=train, flip=flip)
         self.label_nc, self.dont_care, self.ignore_value = label_nc, dont_care, ignore_value
+        self.label_offset = label_offset
         self.layout, self.photo_side, self.seed, self.epoch = layout, photo_side, seed, 0
         # Largest valid id: the don't-care class label_nc when there is one.
         self.top = label_nc if dont_care else label_nc - 1
@@ -235,10 +250,9 @@ class PairedDataset(Dataset):
                 self._check_all_labels(progress)
 
     def _label_ids(self, raw: np.ndarray) -> tuple[np.ndarray, set[int]]:
-        """Raw ids (H, W) -> (ids with ignore_value remapped to label_nc, set of bad values)."""
-        ids = raw.astype(np.int64)
-        if self.ignore_value is not None:
-            ids[raw == self.ignore_value] = self.label_nc
+        """Raw values (H, W) -> (class ids, see :func:`remap_label_ids`; set of bad values)."""
+        ids = remap_label_ids(raw, self.label_nc, ignore_value=self.ignore_value,
+                              label_offset=self.label_offset)
         return ids, {int(v) for v in np.unique(ids) if v < 0 or v > self.top}
 
     def _read_label_file(self, path: Path) -> np.ndarray:
