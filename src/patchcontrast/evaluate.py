@@ -11,6 +11,7 @@ import torch
 
 from .data import list_images, load_image
 from .data.folders import parse_size
+from .runstate import checkpoint_files
 
 METRICS = ("swd", "fid", "kid", "content", "domain", "segmentation")
 
@@ -149,7 +150,7 @@ def evaluate_run(run_dir: str | Path, *, metrics: Sequence[str] = ("swd",), sele
     from . import pipeline
 
     run_dir = Path(run_dir)
-    checkpoints = sorted((run_dir / "checkpoints").glob("step_*.pt"))
+    checkpoints = checkpoint_files(run_dir / "checkpoints")
     if not checkpoints:
         raise ValueError(f"no checkpoints in {run_dir / 'checkpoints'}")
     # the run's config, without loading any weights (translate loads each checkpoint itself)

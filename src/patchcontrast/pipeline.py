@@ -33,6 +33,7 @@ from .data.paired import (
 from .data.single_image import SingleImageDataset, write_generated_single_pair
 from .objectives.paired import PairedObjective
 from .objectives.unpaired import UnpairedObjective
+from .runstate import checkpoint_files
 from .trainer import Trainer
 
 Objective = UnpairedObjective | PairedObjective
@@ -132,7 +133,7 @@ def latest_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if path.is_file():
         return path
-    found = sorted((path / "checkpoints").glob("step_*.pt"))
+    found = checkpoint_files(path / "checkpoints")
     if not found:
         raise ValueError(f"no checkpoint found: {path} is neither a checkpoint file nor a run "
                          f"folder with checkpoints/step_*.pt")

@@ -61,6 +61,7 @@ from typing import Any
 import yaml
 
 from .config import RunConfig, config_from_dict
+from .runstate import checkpoint_files
 from .sweep_spec import (
     LOWER_IS_BETTER,
     METRIC_KEYS,
@@ -212,9 +213,8 @@ def _run_one(run: SweepRun, cfg: RunConfig, spec: dict, say) -> dict:
 
 
 def _checkpoint_step(run_dir: Path) -> int | None:
-    steps = [int(p.stem[5:]) for p in (run_dir / "checkpoints").glob("step_*.pt")
-             if p.stem[5:].isdigit()]
-    return max(steps) if steps else None
+    found = checkpoint_files(run_dir / "checkpoints")
+    return int(found[-1].stem[5:]) if found else None
 
 
 def _differences(old: dict, new: dict, ignore: tuple[str, ...]) -> list[str]:

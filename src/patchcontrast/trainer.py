@@ -26,14 +26,11 @@ import math
 import os
 import random
 import signal
-import threading
 import time
 import warnings
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Literal
 
 import numpy as np
@@ -53,6 +50,19 @@ from patchcontrast.distributed import (
 )
 from patchcontrast.nets.layers import ResnetBlock
 from patchcontrast.objectives.base import Objective, Phase
+from patchcontrast.runstate import (
+    atomic_save,
+    checkpoint_files,
+    derived_seed,
+    determinism,
+    graceful_signals,
+    ignore_sigint,
+    resolve_checkpoint,
+    rng_preserved,
+    rng_state,
+    save_sample_grid,
+    set_rng_state,
+)
 
 _CHOICES = {"schedule_unit": ("epoch", "step"), "amp": ("none", "bf16", "fp16")}
 # settings whose change between a checkpoint and its resumption breaks exact continuation
@@ -170,141 +180,6 @@ def linear_multiplier(t: int, n: int, n_decay: int) -> float:
     return 1.0 - max(0, t + 1 - n) / (n_decay + 1)
 
 
-def _derived_seed(*key: int) -> int:
-    """A well-mixed 32-bit seed from a tuple of ints (seed, epoch, purpose)."""
-    return int(np.random.SeedSequence(list(key)).generate_state(1)[0])
-
-
-def _ignore_sigint(worker_id: int) -> None:
-    # Ctrl-C reaches the whole process group: workers must survive it so that the main process
-    # can finish its iteration and checkpoint (it shuts the workers down itself).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _rng_state(cuda: bool) -> dict:
-    """All global RNG states, in types that ``torch.load(weights_only=True)`` accepts."""
-    # numpy's legacy global RNG is the one third-party augmentation code draws from
-    _, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
-    version, py_state, py_gauss = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if cuda else [],
-            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
-            "python": {"version": version, "state": list(py_state), "gauss": py_gauss}}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
-        torch.cuda.set_rng_state(s, i)
-    n, p = state["numpy"], state["python"]
-    keys = n["keys"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["gauss"]))  # noqa: NPY002
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-
-
-@contextmanager
-def _rng_preserved(cuda: bool):
-    """Side work (samples, the sample batch) must not shift the training trajectory."""
-    state = _rng_state(cuda)
-    try:
-        yield
-    finally:
-        _set_rng_state(state)
-
-
-@contextmanager
-def _determinism(enabled: bool):
-    """Global torch flags for the duration of ``fit`` only (restored afterwards)."""
-    saved = (torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = enabled, not enabled
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
-
-
-@contextmanager
-def _graceful_signals():
-    """The first SIGINT/SIGTERM only sets ``stop.signum`` (the loop finishes its iteration and
-    checkpoints); a second Ctrl-C raises KeyboardInterrupt at once. Handlers can only be set in
-    the main thread; the previous ones are restored on exit."""
-    stop = SimpleNamespace(signum=None)
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def handler(signum, frame):
-        if signum == signal.SIGINT and stop.signum is not None:
-            raise KeyboardInterrupt
-        stop.signum = signum
-        tqdm.write(f"{signal.Signals(signum).name}: finishing the iteration, then saving a "
-                   "checkpoint (Ctrl-C again to abort at once)")
-
-    # a signal the process was told to ignore (nohup, background jobs) stays ignored
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)
-                if signal.getsignal(s) is not signal.SIG_IGN}
-    try:
-        yield stop
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, signal.SIG_DFL if h is None else h)
-
-
-def _checkpoints(folder: Path) -> list[Path]:
-    """The ``step_*.pt`` files of a folder, lowest step first."""
-    found = [p for p in folder.glob("step_*.pt") if p.stem[5:].isdigit()]
-    return sorted(found, key=lambda p: int(p.stem[5:]))
-
-
-def _resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint file, or a run folder's highest ``step_*.pt``; FileNotFoundError if none."""
-    if path.is_dir():
-        found = _checkpoints(path / "checkpoints") or _checkpoints(path)
-        path = found[-1] if found else path / "checkpoints" / "step_*.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint to resume: {path}")
-    return path
-
-
-def _atomic_save(obj: dict, path: Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, rename: a crash or a kill never
-    leaves a truncated checkpoint under the final name."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        fd = os.open(path.parent, os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _save_sample_grid(images: dict[str, torch.Tensor], path: Path) -> None:
-    """One row per image, one column per entry (in order); [-1, 1] -> [0, 1], grey -> RGB."""
-    from torchvision.utils import make_grid, save_image  # ~1 s import, only needed here
-
-    columns = []
-    for name, x in images.items():
-        if x.ndim != 4 or x.shape[1] not in (1, 3):
-            raise ValueError(f"samples()[{name!r}] must be (B, 1 or 3, H, W), got {tuple(x.shape)}")
-        columns.append(x.detach().float().cpu().add(1).div(2).clamp(0, 1).expand(-1, 3, -1, -1))
-    save_image(make_grid(torch.stack(columns, dim=1).flatten(0, 1), nrow=len(columns)), path)
-
-
 def apply_switches(objective: Objective, *, channels_last: bool = False, compile: bool = False,
                    checkpoint_activations: bool = False) -> None:
     """The speed/memory switches of :class:`TrainConfig`, applied to ``objective`` in place.
@@ -404,7 +279,7 @@ class Trainer:
         self._fresh, self._rng, self._dirty, self._last_ckpt = True, None, False, -1
         self._last_sample, self._record, self._lr = -1, {}, {}
         if sample_batch is None:
-            with _rng_preserved(self._cuda):
+            with rng_preserved(self._cuda):
                 if hasattr(dataset, "set_epoch"):
                     dataset.set_epoch(0)
                 torch.manual_seed(config.seed)  # fixed augmentation of the sample batch
@@ -416,7 +291,7 @@ class Trainer:
         everything; the next :meth:`fit` continues exactly where that run stopped. Under
         torchrun rank 0 chooses the file and every rank reads it (a shared file system), so a
         checkpoint of a multi-process run resumes in one process and vice versa."""
-        path = on_main(lambda: _resolve_checkpoint(Path(path)), self.dist)
+        path = on_main(lambda: resolve_checkpoint(Path(path)), self.dist)
         if not path.is_file():
             raise FileNotFoundError(f"rank {self.dist.rank} cannot read {path}: the run folder "
                                     "must be on a file system shared by all nodes")
@@ -468,13 +343,13 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, unit="it", dynamic_ncols=True,
                    disable=not self.dist.is_main)
         try:
-            with _determinism(self.config.deterministic), _graceful_signals() as stop:
+            with determinism(self.config.deterministic), graceful_signals() as stop:
                 if self._fresh:
                     torch.manual_seed(self.config.seed)
                     np.random.seed(self.config.seed)  # noqa: NPY002
                     random.seed(self.config.seed)
                 elif self._rng is not None:
-                    _set_rng_state(self._rng)
+                    set_rng_state(self._rng)
                 self._fresh, self._rng = False, None
                 self.objective.train()
                 self._loop(stop, writer, bar)
@@ -487,7 +362,7 @@ class Trainer:
                 "run_dir": str(self.run_dir)}
 
     def _open_run_dir(self) -> None:
-        if self._fresh and _checkpoints(self.run_dir / "checkpoints"):
+        if self._fresh and checkpoint_files(self.run_dir / "checkpoints"):
             raise FileExistsError(f"{self.run_dir} already holds checkpoints; pass resume=True "
                                   "to continue that run, or choose another run_dir")
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -498,7 +373,7 @@ class Trainer:
               f"{self.total_steps} iterations, run_dir {self.run_dir}")
         # checkpoints of a continuation abandoned by resuming from an older one: keep them, but
         # out of the way of keep_last and of resume(run_dir)
-        later = [p for p in _checkpoints(self.run_dir / "checkpoints")
+        later = [p for p in checkpoint_files(self.run_dir / "checkpoints")
                  if not self._fresh and int(p.stem[5:]) > self.step]
         for p in later:
             p.rename(p.with_name(f"abandoned_{p.name}"))
@@ -515,7 +390,7 @@ class Trainer:
 
     def _loop(self, stop, writer, bar) -> None:
         cfg, meter = self.config, defaultdict(list)
-        self._boundary_rng, tick, ticks = _rng_state(self._cuda), time.perf_counter(), 0
+        self._boundary_rng, tick, ticks = rng_state(self._cuda), time.perf_counter(), 0
         while self.step < self.total_steps:
             if hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(self.epoch)
@@ -556,7 +431,7 @@ class Trainer:
         slice, so the ranks' batches together are exactly a single process's batch of that size.
         """
         cfg, bs, env = self.config, self.config.batch_size, self.dist
-        g = torch.Generator().manual_seed(_derived_seed(cfg.seed, self.epoch, 0))
+        g = torch.Generator().manual_seed(derived_seed(cfg.seed, self.epoch, 0))
         # datasets whose items draw their randomness per batch of consecutive indices (SinCUT's
         # shared zoom and distinct crop cells) declare ``ordered = True`` and are read in order
         order = torch.arange(len(self.dataset)) if getattr(self.dataset, "ordered", False) \
@@ -567,9 +442,9 @@ class Trainer:
         return DataLoader(
             self.dataset, batch_size=bs, sampler=mine[self.position * bs:].tolist(),
             drop_last=True, num_workers=cfg.num_workers, pin_memory=self._cuda,
-            worker_init_fn=_ignore_sigint if cfg.num_workers else None,
+            worker_init_fn=ignore_sigint if cfg.num_workers else None,
             generator=torch.Generator().manual_seed(
-                _derived_seed(cfg.seed, self.epoch, 1, *rank)))
+                derived_seed(cfg.seed, self.epoch, 1, *rank)))
 
     def _next_batch(self, batches) -> dict:
         """The next batch. Under torchrun, randomness drawn while loading in this process comes
@@ -577,8 +452,8 @@ class Trainer:
         patch positions, must stay identical on all ranks."""
         if not self.dist.enabled:
             return next(batches)
-        with _rng_preserved(self._cuda):
-            seed = _derived_seed(self.config.seed, self.epoch, self.position, self.dist.rank, 2)
+        with rng_preserved(self._cuda):
+            seed = derived_seed(self.config.seed, self.epoch, self.position, self.dist.rank, 2)
             torch.manual_seed(seed)
             np.random.seed(seed)  # noqa: NPY002
             random.seed(seed)
@@ -654,7 +529,7 @@ class Trainer:
                 warnings.filterwarnings("ignore", "Detected call of `lr_scheduler", UserWarning)
                 for s in self.schedulers.values():
                     s.step()
-        self._boundary_rng, self._dirty = _rng_state(self._cuda), False
+        self._boundary_rng, self._dirty = rng_state(self._cuda), False
 
     def _interrupted(self, signum: int, save: bool):
         raise TrainingInterrupted(signum, self.step, self._checkpoint() if save else None)
@@ -687,12 +562,12 @@ class Trainer:
                  for k, v in self.sample_batch.items()}
         self.objective.eval()
         try:
-            with torch.no_grad(), _rng_preserved(self._cuda):
+            with torch.no_grad(), rng_preserved(self._cuda):
                 images = self.objective.samples(batch)
         finally:
             self.objective.train()
         (self.run_dir / "samples").mkdir(exist_ok=True)
-        _save_sample_grid(images, self.run_dir / "samples" / f"step_{self.step:08d}.png")
+        save_sample_grid(images, self.run_dir / "samples" / f"step_{self.step:08d}.png")
         self._last_sample = self.step
 
     def _checkpoint(self, prefix: str = "step") -> Path:
@@ -705,7 +580,7 @@ class Trainer:
         if not self.dist.is_main:
             return path
         folder.mkdir(exist_ok=True)
-        _atomic_save({"objective": self.objective.state_dict(),
+        atomic_save({"objective": self.objective.state_dict(),
                       "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                       "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
                       "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
@@ -715,7 +590,7 @@ class Trainer:
                       "config": {"train": self.config.to_dict(), **self.extra_config}}, path)
         if prefix == "step":
             self._last_ckpt = self.step
-            older = [p for p in _checkpoints(folder) if p != path]
+            older = [p for p in checkpoint_files(folder) if p != path]
             for p in older[: max(0, len(older) - (self.config.keep_last - 1))]:
                 p.unlink(missing_ok=True)
         return path
