@@ -90,7 +90,15 @@ def test_grid_trains_evaluates_and_aggregates(finished):
     mean, std = float(rows[0]["swd_avg_mean"]), float(rows[0]["swd_avg_std"])
     assert f"| gan-only lambda_gan=1 | 2/2 | {mean:.4g} ± {std:.2g} |" in table
     assert "selected on the test set" in table
-    assert len(list(csv.DictReader(open(sweep / "runs.csv")))) == 8
+    per_run = list(csv.DictReader(open(sweep / "runs.csv")))
+    assert len(per_run) == 8
+    # step cost: the median of the logged sec_per_iter windows, then the mean over seeds
+    medians = [statistics.median(json.loads(line)["sec_per_iter"] for line in
+                                 (sweep / n / "stats.jsonl").read_text().splitlines())
+               for n in names[:2]]
+    assert float(per_run[0]["sec_per_iter"]) == pytest.approx(medians[0])
+    assert float(rows[0]["sec_per_iter_mean"]) == pytest.approx(statistics.fmean(medians))
+    assert "| s/it |" in table
     assert json.loads((sweep / "status.json").read_text())[names[0]] == {"status": "done"}
     plot = sweep / "plots" / "00_swd_avg_vs_lambda_gan.png"
     assert result["plots"] == [str(plot)]

@@ -288,12 +288,15 @@ def aggregate(sweep_dir: str | Path) -> tuple[list[dict], str]:
                "seeds": len(members)}
         for key in keys:
             row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([r["final"].get(key) for r in done])
+        row["sec_per_iter_mean"], row["sec_per_iter_std"] = _mean_std(
+            [_sec_per_iter(sweep_dir / r["name"]) for r in done])
         row[f"best_on_test_{select}_mean"], row[f"best_on_test_{select}_std"] = _mean_std(
             [r["best_selected_on_test_set"].get(select) for r in done])
         variants.append((members[0], row))
         per_run += [{"name": r["name"], "variant": variant, "seed": r["seed"],
                      "status": r["status"], "step": r.get("step"), "seconds": r.get("seconds"),
-                     "error": r.get("error", ""), **r.get("final", {}),
+                     "error": r.get("error", ""),
+                     "sec_per_iter": _sec_per_iter(sweep_dir / r["name"]), **r.get("final", {}),
                      f"best_on_test_{select}": r.get("best_selected_on_test_set", {}).get(select)}
                     for r in found]
     rows = [row for _, row in variants]
@@ -305,6 +308,21 @@ def aggregate(sweep_dir: str | Path) -> tuple[list[dict], str]:
     if examples:
         _translation_grid(sweep_dir, examples, sweep_dir / "translations.png")
     return rows, table
+
+
+def _sec_per_iter(run_dir: Path) -> float | None:
+    """Median training seconds per iteration over the logged windows of ``stats.jsonl`` (the
+    step cost of the run's losses, robust to a slow first window or a busy moment)."""
+    path = run_dir / "stats.jsonl"
+    if not path.is_file():
+        return None
+    values = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):  # a line cut short by a kill
+            value = json.loads(line).get("sec_per_iter")
+            if value is not None:
+                values.append(value)
+    return statistics.median(values) if values else None
 
 
 def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
@@ -333,16 +351,19 @@ def _markdown(spec: dict, rows: list[dict], keys: list[str], failed: list[dict])
         mean, std = row[f"{key}_mean"], row[f"{key}_std"]
         return "–" if mean is None else f"{mean:.4g}" + ("" if std is None else f" ± {std:.2g}")
 
-    head = [*(f"{k} {_arrow(k)}" for k in keys), f"{select} {_arrow(select)} (best on test)"]
+    head = [*(f"{k} {_arrow(k)}" for k in keys), f"{select} {_arrow(select)} (best on test)",
+            "s/it"]
     lines = [f"# Sweep `{spec['name']}` ({spec['scale']} scale)", ""]
     lines += [spec["description"].strip(), ""] if spec["description"] else []
     lines += [f"Final checkpoint of each run, mean ± sample std (n − 1) over the seeds done; the "
-              f"last column is the checkpoint with the lowest {select} **selected on the test "
-              "set** (optimistic, as the official repos report it).", "",
+              f"column after the metrics is the checkpoint with the lowest {select} **selected on "
+              "the test set** (optimistic, as the official repos report it); s/it: median "
+              "training seconds per iteration (stats.jsonl), mean over seeds.", "",
               "| run | seeds | " + " | ".join(head) + " |",
               "|---|---:|" + "---:|" * len(head)]
     for row in rows:
         cells = [cell(row, k) for k in keys] + [cell(row, f"best_on_test_{select}")]
+        cells.append("–" if row["sec_per_iter_mean"] is None else f"{row['sec_per_iter_mean']:.3g}")
         seeds = f"{row['seeds_done']}/{row['seeds']}" + \
             (f" ({row['seeds_failed']} failed)" if row["seeds_failed"] else "")
         lines.append(f"| {row['variant'].replace('__', ' ')} | {seeds} | " + " | ".join(cells)
