@@ -103,9 +103,9 @@ def test_grid_trains_evaluates_and_aggregates(finished):
     plot = sweep / "plots" / "00_swd_avg_vs_lambda_gan.png"
     assert result["plots"] == [str(plot)]
     assert Image.open(plot).size[0] > 300
-    # example translations: an input column and one per variant (6.6 in per 6 columns at 120 dpi)
+    # example translations: an input column and one per variant (1.1 in each at 100 dpi)
     width, height = Image.open(sweep / "translations.png").size
-    assert width == round(1.1 * 5 * 120) and height > 200
+    assert width == round(1.1 * 5 * 100) and height > 200
     assert aggregate(sweep)[0] == result["rows"]  # re-aggregation reads the same records
 
 

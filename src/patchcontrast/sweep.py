@@ -466,10 +466,11 @@ def _translation_grid(sweep_dir: Path, examples: list[tuple[str, dict]], path: P
             ax = axes[row, col]
             ax.axis("off")
             if image is not None:
-                ax.imshow(np.asarray(image.resize(size) if size and col == 0 else image))
+                ax.imshow(np.asarray(image.resize(size) if size and col == 0 else image),
+                          interpolation="nearest")  # sharp pixels, a 2x smaller PNG
     titles = ["real photo" if paired else "input", *(v for v, _ in columns)]
     for ax, title in zip(axes[0], titles):
         ax.set_title(title.replace("__", "\n"), fontsize=5)
     fig.tight_layout(pad=0.2)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
