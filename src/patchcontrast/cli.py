@@ -88,8 +88,9 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--real", default=None, help="folder of real target-domain images")
     p.add_argument("--fake", default=None, help="folder of translated images")
     p.add_argument("--run", default=None,
-                   help="instead of --real/--fake: translate the run's test split with every "
-                   "saved checkpoint and evaluate each (CSV, plot, final and best)")
+                   help="instead of --real/--fake: translate the run's test split, resized to "
+                   "the training crop size, with every saved checkpoint and evaluate each at "
+                   "that size (CSV, plot, final and best)")
     p.add_argument("--select", default="swd_avg", help="with --run: metric picking the best")
     p.add_argument("--metrics", default="swd",
                    help="comma-separated: swd,fid,kid,content,domain,segmentation")
