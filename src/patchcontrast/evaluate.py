@@ -11,7 +11,7 @@ import torch
 
 from .data import list_images, load_image
 from .data.folders import parse_size
-from .runstate import checkpoint_files
+from .runstate import checkpoint_files, checkpoint_step
 
 METRICS = ("swd", "fid", "kid", "content", "domain", "segmentation")
 
@@ -164,7 +164,7 @@ def evaluate_run(run_dir: str | Path, *, metrics: Sequence[str] = ("swd",), sele
     size = None if single else parse_size(cfg.data.crop_size, "crop_size")
     rows = []
     for checkpoint in checkpoints:
-        step = int(checkpoint.stem.split("_")[1])
+        step = checkpoint_step(checkpoint)
         fake = out / checkpoint.stem
         pipeline.translate(checkpoint, source, fake, device=device, progress=progress, size=size)
         result = evaluate_folders(target, fake, metrics=metrics,

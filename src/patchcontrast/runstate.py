@@ -104,10 +104,15 @@ def graceful_signals():
             signal.signal(s, signal.SIG_DFL if h is None else h)
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step of a ``step_XXXXXXXX.pt`` checkpoint file."""
+    return int(path.stem[5:])
+
+
 def checkpoint_files(folder: Path) -> list[Path]:
     """The ``step_*.pt`` files of a folder, lowest step first."""
     found = [p for p in folder.glob("step_*.pt") if p.stem[5:].isdigit()]
-    return sorted(found, key=lambda p: int(p.stem[5:]))
+    return sorted(found, key=checkpoint_step)
 
 
 def resolve_checkpoint(path: Path) -> Path:

@@ -61,7 +61,7 @@ from typing import Any
 import yaml
 
 from .config import RunConfig, config_from_dict
-from .runstate import checkpoint_files
+from .runstate import checkpoint_files, checkpoint_step
 from .sweep_spec import (
     LOWER_IS_BETTER,
     METRIC_KEYS,
@@ -214,7 +214,7 @@ def _run_one(run: SweepRun, cfg: RunConfig, spec: dict, say) -> dict:
 
 def _checkpoint_step(run_dir: Path) -> int | None:
     found = checkpoint_files(run_dir / "checkpoints")
-    return int(found[-1].stem[5:]) if found else None
+    return checkpoint_step(found[-1]) if found else None
 
 
 def _differences(old: dict, new: dict, ignore: tuple[str, ...]) -> list[str]:
@@ -280,6 +280,7 @@ def aggregate(sweep_dir: str | Path) -> tuple[list[dict], str]:
         members = list(members)
         found = [records[m.name] for m in members if records[m.name]]
         done = [r for r in found if r["status"] == "done"]
+        seconds = {r["name"]: _sec_per_iter(sweep_dir / r["name"]) for r in found}
         if done:
             examples.append((variant, min(done, key=lambda r: r["seed"])))
         row = {"variant": variant, "preset": members[0].preset, "label": members[0].label or "",
@@ -289,14 +290,14 @@ def aggregate(sweep_dir: str | Path) -> tuple[list[dict], str]:
         for key in keys:
             row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([r["final"].get(key) for r in done])
         row["sec_per_iter_mean"], row["sec_per_iter_std"] = _mean_std(
-            [_sec_per_iter(sweep_dir / r["name"]) for r in done])
+            [seconds[r["name"]] for r in done])
         row[f"best_on_test_{select}_mean"], row[f"best_on_test_{select}_std"] = _mean_std(
             [r["best_selected_on_test_set"].get(select) for r in done])
         variants.append((members[0], row))
         per_run += [{"name": r["name"], "variant": variant, "seed": r["seed"],
                      "status": r["status"], "step": r.get("step"), "seconds": r.get("seconds"),
                      "error": r.get("error", ""),
-                     "sec_per_iter": _sec_per_iter(sweep_dir / r["name"]), **r.get("final", {}),
+                     "sec_per_iter": seconds[r["name"]], **r.get("final", {}),
                      f"best_on_test_{select}": r.get("best_selected_on_test_set", {}).get(select)}
                     for r in found]
     rows = [row for _, row in variants]

@@ -53,6 +53,7 @@ from patchcontrast.objectives.base import Objective, Phase
 from patchcontrast.runstate import (
     atomic_save,
     checkpoint_files,
+    checkpoint_step,
     derived_seed,
     determinism,
     graceful_signals,
@@ -374,7 +375,7 @@ class Trainer:
         # checkpoints of a continuation abandoned by resuming from an older one: keep them, but
         # out of the way of keep_last and of resume(run_dir)
         later = [p for p in checkpoint_files(self.run_dir / "checkpoints")
-                 if not self._fresh and int(p.stem[5:]) > self.step]
+                 if not self._fresh and checkpoint_step(p) > self.step]
         for p in later:
             p.rename(p.with_name(f"abandoned_{p.name}"))
         if later:
