@@ -122,6 +122,9 @@ def test_translate_applies_the_label_offset(tmp_path):
     stored = np.array([[0, 1, 2, 3]], np.uint8)
     Image.fromarray(stored).save(tmp_path / "ade.png")
     assert _read_input(tmp_path / "ade.png", cfg).tolist() == [[[3, 0, 1, 2]]]
+    Image.fromarray(np.array([[5, 1]], np.uint8)).save(tmp_path / "bad.png")
+    with pytest.raises(ValueError, match=r"bad\.png: label values \[4\] outside 0\.\.3"):
+        _read_input(tmp_path / "bad.png", cfg)  # stored 5 - offset 1 = 4: not a class id
     with pytest.raises(ValueError, match="label_offset applies to layout='folders'"):
         resolve_config("spade-monce", "cpu", overrides=[
             "data.layout=side_by_side", "data.palette=facades", "data.label_offset=1"])

@@ -26,6 +26,7 @@ from .data.generated_paired import PAIRED_RENDER_VERSION, write_generated_paired
 from .data.paired import (
     PairedDataset,
     colours_to_labels,
+    labels_outside,
     remap_label_ids,
     resolve_palette,
     split_pair,
@@ -222,9 +223,9 @@ def _read_input(file: Path, cfg: RunConfig) -> torch.Tensor:
                                  "maps of class ids (single-channel images)")
             ids = remap_label_ids(np.array(im), model.label_nc, ignore_value=data.ignore_value,
                                   label_offset=data.label_offset)
-    bad = np.unique(ids[(ids < 0) | (ids >= model.label_nc + int(model.dont_care))])
-    if bad.size:
-        raise ValueError(f"{file}: label values {bad[:10].tolist()} outside 0.."
+    bad = labels_outside(ids, model.label_nc, model.dont_care)
+    if bad:
+        raise ValueError(f"{file}: label values {bad[:10]} outside 0.."
                          f"{model.label_nc - 1 + int(model.dont_care)}")
     return torch.from_numpy(ids)[None]
 

@@ -167,6 +167,13 @@ def remap_label_ids(raw: np.ndarray, label_nc: int, *, ignore_value: int | None 
     return ids
 
 
+def labels_outside(ids: np.ndarray, label_nc: int, dont_care: bool) -> list[int]:
+    """The distinct values of ``ids`` that are no class id: outside ``[0, label_nc)``, or
+    ``[0, label_nc]`` with the "don't care" class, sorted."""
+    top = label_nc if dont_care else label_nc - 1
+    return [int(v) for v in np.unique(ids) if v < 0 or v > top]
+
+
 class PairedDataset(Dataset):
     """Aligned label maps and photos for SPADE-style label -> photo training.
 
@@ -253,7 +260,7 @@ class PairedDataset(Dataset):
         """Raw values (H, W) -> (class ids, see :func:`remap_label_ids`; set of bad values)."""
         ids = remap_label_ids(raw, self.label_nc, ignore_value=self.ignore_value,
                               label_offset=self.label_offset)
-        return ids, {int(v) for v in np.unique(ids) if v < 0 or v > self.top}
+        return ids, set(labels_outside(ids, self.label_nc, self.dont_care))
 
     def _read_label_file(self, path: Path) -> np.ndarray:
         """Single-channel label PNG -> its raw ids (H, W) (L, P, I or 16-bit modes)."""
