@@ -73,6 +73,17 @@ def test_bad_configs_are_clear_errors(kwargs, match):
         resolve_config(**{"preset": "cut", "scale": "cpu", **kwargs})
 
 
+@pytest.mark.parametrize("overrides, match", [
+    (["data.label_offset=abc"], "data.label_offset must be an int; got 'abc'"),
+    (["data.label_offset=true"], "data.label_offset must be an int; got True"),
+    (["model.dont_care=true", "data.ignore_value=abc"],
+     "data.ignore_value must be an int or null; got 'abc'"),
+])
+def test_bad_paired_label_settings_are_clear_errors(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        resolve_config("spade-monce", "cpu", overrides=overrides)
+
+
 def test_missing_and_bad_files(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         resolve_config(file=tmp_path / "nope.yaml")

@@ -288,6 +288,12 @@ class PairedDataConfig:
                              f"({self.crop_size})")
         if self.layout == "side_by_side" and self.palette is None:
             raise ValueError("layout='side_by_side' needs a palette (e.g. data.palette=facades)")
+        if isinstance(self.label_offset, bool) or not isinstance(self.label_offset, int):
+            raise ValueError(f"data.label_offset must be an int; got {self.label_offset!r}")
+        if self.ignore_value is not None and (isinstance(self.ignore_value, bool)
+                                              or not isinstance(self.ignore_value, int)):
+            raise ValueError(f"data.ignore_value must be an int or null; got "
+                             f"{self.ignore_value!r}")
         if self.label_offset and self.layout != "folders":
             raise ValueError("data.label_offset applies to layout='folders' (stored class ids); "
                              "side-by-side colours map to ids through the palette")
