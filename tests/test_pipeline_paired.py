@@ -17,7 +17,7 @@ from patchcontrast.cli import main
 from patchcontrast.config import resolve_config
 from patchcontrast.data.paired import FACADES_PALETTE
 from patchcontrast.evaluate import evaluate_run
-from patchcontrast.pipeline import _read_input, _resize, latest_checkpoint, train, translate
+from patchcontrast.pipeline import latest_checkpoint, read_input, resize_input, train, translate
 
 TINY = ["model.ngf=4", "model.ndf=4", "model.n_layers_d=2", "model.num_patches=16",
         "model.vgg_source=random", "model.allow_random_vgg=true",
@@ -54,7 +54,7 @@ def test_train_translate_evaluate_and_resume(tmp_path):
     small = translate(run, labels, tmp_path / "small", progress=False, size=(20, 36))
     assert Image.open(small[0]).size == (36, 20)
     ids = torch.from_numpy(np.array(Image.open(labels / "odd.png")).astype(np.int64))[None]
-    resized = _resize(ids, (20, 36))  # nearest neighbour: class ids stay ids
+    resized = resize_input(ids, (20, 36))  # nearest neighbour: class ids stay ids
     assert resized.dtype == torch.int64 and set(resized.unique().tolist()) <= set(range(8))
     summary = evaluate_run(run, progress=False)
     assert summary["n_checkpoints"] == 2 and summary["n_fake"] == 3
@@ -121,10 +121,10 @@ def test_translate_applies_the_label_offset(tmp_path):
         "model.label_nc=3", "model.dont_care=true", "data.ignore_value=0", "data.label_offset=1"])
     stored = np.array([[0, 1, 2, 3]], np.uint8)
     Image.fromarray(stored).save(tmp_path / "ade.png")
-    assert _read_input(tmp_path / "ade.png", cfg).tolist() == [[[3, 0, 1, 2]]]
+    assert read_input(tmp_path / "ade.png", cfg).tolist() == [[[3, 0, 1, 2]]]
     Image.fromarray(np.array([[5, 1]], np.uint8)).save(tmp_path / "bad.png")
     with pytest.raises(ValueError, match=r"bad\.png: label values \[4\] outside 0\.\.3"):
-        _read_input(tmp_path / "bad.png", cfg)  # stored 5 - offset 1 = 4: not a class id
+        read_input(tmp_path / "bad.png", cfg)  # stored 5 - offset 1 = 4: not a class id
     with pytest.raises(ValueError, match="label_offset applies to layout='folders'"):
         resolve_config("spade-monce", "cpu", overrides=[
             "data.layout=side_by_side", "data.palette=facades", "data.label_offset=1"])

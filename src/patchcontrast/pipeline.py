@@ -191,7 +191,7 @@ def translate(checkpoint: str | Path, inputs: str | Path, output: str | Path, *,
     written = []
     with tqdm(total=len(files), desc="translate", unit="img", disable=not progress) as bar:
         for file in files:
-            x = _resize(_read_input(file, cfg), target).to(device)
+            x = resize_input(read_input(file, cfg), target).to(device)
             group = by_size.setdefault(tuple(x.shape[-2:]), [])
             group.append((file, x))
             if len(group) == batch_size:
@@ -206,8 +206,10 @@ def translate(checkpoint: str | Path, inputs: str | Path, output: str | Path, *,
     return written
 
 
-def _read_input(file: Path, cfg: RunConfig) -> torch.Tensor:
-    """The generator's input: image float (C, H, W) in [-1, 1] or label map int64 (1, H, W)."""
+def read_input(file: Path, cfg: RunConfig) -> torch.Tensor:
+    """One file as the generator's input, as translate reads it: image float (C, H, W) in
+    [-1, 1], or label map int64 (1, H, W) after the run's palette / offset / ignore mapping.
+    """
     if not isinstance(cfg, PairedRunConfig):
         return torch.from_numpy(_to_array(load_image(file, cfg.data.channels))) * 2 - 1
     model, data = cfg.model, cfg.data
@@ -230,7 +232,7 @@ def _read_input(file: Path, cfg: RunConfig) -> torch.Tensor:
     return torch.from_numpy(ids)[None]
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+def resize_input(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
     """Resize one generator input (C, H, W); class ids stay ids (nearest neighbour)."""
     if size is None or tuple(x.shape[-2:]) == size:
         return x
