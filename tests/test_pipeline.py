@@ -10,6 +10,7 @@ from PIL import Image
 from patchcontrast.cli import main
 from patchcontrast.config import resolve_config
 from patchcontrast.data import write_generated_dataset
+from patchcontrast.evaluate import evaluate_run
 from patchcontrast.pipeline import comparison_grid, latest_checkpoint, train, translate
 
 TINY = ["model.ngf=8", "model.ndf=8", "model.netF_nc=16", "model.num_patches=32",
@@ -135,3 +136,8 @@ def test_sincut_on_the_built_in_single_image_pair(tmp_path):
     Image.fromarray(np.full((70, 90, 3), 120, np.uint8)).save(image)
     (out,) = translate(tmp_path / "run", image, tmp_path / "out", progress=False)
     assert Image.open(out).size == (90, 70)
+    # evaluation judges the run on its own pair: the A image translated, against the B image
+    summary = evaluate_run(tmp_path / "run", metrics=("swd",), progress=False)
+    assert summary["n_fake"] == 1 and summary["n_real"] == 1
+    assert summary["settings"]["translated_at"] is None  # full resolution
+    assert np.isfinite(summary["final"]["swd_avg"])

@@ -192,8 +192,9 @@ def evaluate_run(run_dir: str | Path, *, metrics: Sequence[str] = ("swd",), sele
 def _test_split(cfg, out: Path) -> tuple[Path, Path, Path | None]:
     """(generator inputs, real targets, source masks or None) of a run's test split.
 
-    Unpaired: testA -> testB (swapped for BtoA), masks of the built-in data. Paired: label maps
-    -> photos; for side-by-side pairs the photo halves are written to ``out/real`` once.
+    Unpaired: testA -> testB (swapped for BtoA), masks of the built-in data; single image:
+    trainA -> trainB. Paired: label maps -> photos; for side-by-side pairs the photo halves are
+    written to ``out/real`` once.
     """
     from . import pipeline
     from .config import PairedRunConfig
@@ -201,7 +202,11 @@ def _test_split(cfg, out: Path) -> tuple[Path, Path, Path | None]:
 
     data, root = cfg.data, pipeline.data_root(cfg.data)
     if not isinstance(cfg, PairedRunConfig):
-        source, target = ("testA", "testB") if data.direction == "AtoB" else ("testB", "testA")
+        # a single-image run is judged on its own pair, as SinCUT is: the one source image
+        # translated, against the one target image
+        phase = "train" if data.mode == "single_image" else "test"
+        source, target = (f"{phase}A", f"{phase}B") if data.direction == "AtoB" \
+            else (f"{phase}B", f"{phase}A")
         return root / source, root / target, root / f"{source}_masks"
     if data.layout == "folders":
         return root / f"{data.test_phase}_label", root / f"{data.test_phase}_img", None
