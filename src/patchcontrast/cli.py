@@ -90,7 +90,8 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", default=None,
                    help="instead of --real/--fake: translate the run's test split, resized to "
                    "the training crop size, with every saved checkpoint and evaluate each at "
-                   "that size (CSV, plot, final and best)")
+                   "that size (CSV, plot, final and best); a single-image run: its A image, "
+                   "at full size, against its B image")
     p.add_argument("--select", default="swd_avg", help="with --run: metric picking the best")
     p.add_argument("--metrics", default="swd",
                    help="comma-separated: swd,fid,kid,content,domain,segmentation")
