@@ -109,6 +109,19 @@ def test_grid_trains_evaluates_and_aggregates(finished):
     assert aggregate(sweep)[0] == result["rows"]  # re-aggregation reads the same records
 
 
+def test_single_image_sweep_shows_the_whole_image_large(tmp_path):
+    """A SinCUT sweep translates its one A image whole; its grid is one row of 4-inch cells
+    (400 px at 100 dpi) instead of the 1.1-inch cells of a test set."""
+    tiny = ["model.ngf=4", "model.ndf=4", "model.netF_nc=16", "data.crop_size=32",
+            "data.virtual_size=8", "train.batch_size=4", "train.checkpoint_every=2"]
+    result = run_sweep({"name": "single", "seeds": [0], "metrics": ["swd"], "overrides": tiny,
+                        "runs": [{"presets": ["sincut"]}]},
+                       root=tmp_path, max_steps=2, progress=False)
+    assert [r["status"] for r in result["runs"]] == ["done"]
+    width, height = Image.open(tmp_path / "single" / "translations.png").size
+    assert width == 2 * 400 and 400 < height < 2 * 400
+
+
 def test_rerun_skips_finished_runs(finished, capsys):
     root, _ = finished
     checkpoints = sorted((root / "tiny").glob("*/checkpoints/step_*.pt"))
@@ -263,8 +276,10 @@ def test_shipped_specs_cover_the_papers_tables():
     presets = {p.stem: {r.preset for r in plan(load_spec(p))} for p in SHIPPED}
     assert {p.stem for p in SHIPPED} == {f"{t}_{s}" for t in ("table1", "table2", "weighting",
                                                               "put", "table3", "table4")
-                                         for s in ("paper", "cpu")} | {"table1_h2z_cpu"}
+                                         for s in ("paper", "cpu")} | {"table1_h2z_cpu",
+                                                                       "sincut_cpu"}
     assert presets["table1_h2z_cpu"] == presets["table1_cpu"]
+    assert presets["sincut_cpu"] == {"sincut"}
     assert presets["table2_cpu"] == {"sesim-random", "fsesim", "lsesim-patchnce",
                                      "lsesim-weightnce", "lsesim-monce"}
     assert presets["table1_cpu"] == {"gan-only", "cycle", "cut", "cut-weightnce", "cut-monce",

@@ -456,8 +456,10 @@ def _translation_grid(sweep_dir: Path, examples: list[tuple[str, dict]], path: P
     paired = isinstance(cfg, PairedRunConfig)
     reference = {f.stem: f for f in list_images(target if paired else source)}
     stems = [f.stem for f in columns[0][1]]
+    # inches per image: small test images in rows; one whole image (a single-image run) larger
+    cell = 1.1 if len(stems) > 1 else 4.0
     fig, axes = plt.subplots(len(stems), len(columns) + 1, squeeze=False,
-                             figsize=(1.1 * (len(columns) + 1), 1.1 * len(stems) + 0.9))
+                             figsize=(cell * (len(columns) + 1), cell * len(stems) + 0.9))
     for row, stem in enumerate(stems):
         images = [load_image(reference[stem], 3) if stem in reference else None]
         images += [load_image(files[row], 3) if row < len(files) else None
