@@ -163,6 +163,21 @@ def test_write_layout_masks_and_idempotence(tmp_path, capsys):
         write_generated_dataset(root, n_train=3, n_test=2, size=(32, 40), seed=3, progress=False)
 
 
+def test_a_writer_beside_us_keeps_its_temporary_files(tmp_path):
+    """Two sweeps that generate the same cache at once: each renames only its own temporary
+    files (a shared ``NNNNNN.tmp`` let one move the other's half-written PNG away)."""
+    root = tmp_path / "gen"
+    others = [root / "trainA" / "000000.tmp", root / "trainA" / ".000000.png.1.tmp",
+              root / ".generated.json.1.tmp"]
+    for path in others:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"another process is writing this")
+    write_generated_dataset(root, n_train=1, n_test=1, size=(32, 32), seed=0, progress=False)
+    assert [p.read_bytes() for p in others] == [b"another process is writing this"] * 3
+    Image.open(root / "trainA" / "000000.png").load()  # a whole PNG
+    assert sorted(root.rglob("*.tmp")) == sorted(others)
+
+
 def test_written_dataset_reads_back_through_the_folder_pipeline(tmp_path):
     root = write_generated_dataset(tmp_path, n_train=4, n_test=3, size=32, progress=False)
     test = UnalignedDataset(root, "test", crop_size=32)

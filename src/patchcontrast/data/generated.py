@@ -287,15 +287,24 @@ def _claim_root(root: Path, settings: dict, manifest: str = "generated.json",
         raise ValueError(f"{root} holds a {what} made with {path.read_text()}, not {settings}; "
                          f"use another root")
     root.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings))
+    tmp = _private_tmp(path)
+    tmp.write_text(json.dumps(settings))
+    os.replace(tmp, path)  # a process starting beside us never reads half a manifest
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
     """Write then rename, so an interruption never leaves a truncated file to be skipped."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = _private_tmp(path)
     Image.fromarray(array).save(tmp, format="PNG")
     os.replace(tmp, path)
+
+
+def _private_tmp(path: Path) -> Path:
+    """A temporary name of this process's own: two runs that generate the same cache at once
+    (parallel sweeps) write identical files, but a shared name let one rename the other's
+    half-written file away (FileNotFoundError) or publish it truncated."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def write_generated_dataset(root: str | Path, *, n_train: int = 200, n_test: int = 50,

@@ -36,7 +36,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .folders import item_generator, list_images, load_image, parse_size
-from .generated import RENDER_VERSION, _claim_root, _write_png, render_sample
+from .generated import RENDER_VERSION, _claim_root, _private_tmp, _write_png, render_sample
 
 _DOMAINS = ("A", "B")
 
@@ -212,7 +212,7 @@ def write_generated_single_pair(root: str | Path, *, size: int | tuple[int, int]
     test = root / "testA" / "a.png"
     if not test.exists():
         test.parent.mkdir(parents=True, exist_ok=True)
-        tmp = test.with_suffix(".tmp")
+        tmp = _private_tmp(test)
         shutil.copyfile(root / "trainA" / "a.png", tmp)
         os.replace(tmp, test)
     return root
