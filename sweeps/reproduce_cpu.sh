@@ -5,6 +5,8 @@
 #   bash sweeps/reproduce_cpu.sh                            # every sweeps/*_cpu.yaml, in turn
 #   bash sweeps/reproduce_cpu.sh sweeps/table1_cpu.yaml     # some of them
 #   ONLY=seed=0 bash sweeps/reproduce_cpu.sh                # one seed of each (see --only)
+#   FROM_REPORT=1 bash sweeps/reproduce_cpu.sh              # keep the runs docs/results lists
+#                                                           # as done (see --from-report)
 # Runs go to $ROOT (default runs/sweeps). table1_h2z_cpu reads ../shared/data/horse2zebra.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,5 +17,5 @@ fi
 for spec in "${specs[@]}"; do
     echo "=== $spec"
     patchcontrast sweep "$spec" --root "${ROOT:-runs/sweeps}" --report docs/results \
-        ${ONLY:+--only "$ONLY"}
+        ${ONLY:+--only "$ONLY"} ${FROM_REPORT:+--from-report}
 done

@@ -139,6 +139,49 @@ def test_rerun_skips_finished_runs(finished, capsys):
     assert (report / "results.md").read_bytes() == (root / "tiny/results.md").read_bytes()
 
 
+def test_from_report_restores_the_reported_runs_and_trains_the_rest(tmp_path, monkeypatch,
+                                                                     capsys):
+    """A fresh workspace holds only the committed report: --from-report takes the runs it lists
+    as done from its runs.csv and trains the others; the rows come back unchanged."""
+    two = spec(runs=[{"presets": ["gan-only"], "grid": {"model.lambda_gan": [1, 0.5]}}])
+    report = tmp_path / "docs"
+    run_sweep(two, root=tmp_path / "first", max_steps=2, progress=False, report=report,
+              only="seed=0")
+    before = list(csv.DictReader(open(report / "tiny" / "runs.csv")))
+    assert [r["seed"] for r in before] == ["0", "0"]
+
+    trained = []
+    real_train = pipeline.train
+    monkeypatch.setattr(pipeline, "train",
+                        lambda cfg, **kw: trained.append(cfg.train.seed) or real_train(cfg, **kw))
+    result = run_sweep(two, root=tmp_path / "second", max_steps=2, report=report,
+                       from_report=True, only="seed=1")
+    assert trained == [1, 1]
+    assert result["restored"] == ["gan-only__lambda_gan=1__seed=0",
+                                  "gan-only__lambda_gan=0.5__seed=0"]
+    after = list(csv.DictReader(open(report / "tiny" / "runs.csv")))
+    assert [r["seed"] for r in after] == ["0", "1", "0", "1"]
+    assert [after[0], after[2]] == before  # every value, sec_per_iter and seconds included
+    rows = list(csv.DictReader(open(report / "tiny" / "results.csv")))
+    assert [r["seeds_done"] for r in rows] == ["2", "2"]
+    assert float(rows[0]["swd_avg_mean"]) == pytest.approx(statistics.fmean(
+        float(r["swd_avg"]) for r in after[:2]))
+    table = (report / "tiny" / "results.md").read_text()
+    assert "2 of these runs were trained in an earlier workspace" in table
+    assert (report / "tiny" / "translations.png").is_file()  # from the seed trained here
+
+    capsys.readouterr()
+    run_sweep(two, root=tmp_path / "second", max_steps=2, report=report, from_report=True)
+    out = capsys.readouterr().out
+    assert trained == [1, 1]  # nothing trains again
+    assert out.count("done in an earlier workspace") == 2 and out.count("done already") == 2
+    with pytest.raises(ValueError, match="is not this spec"):
+        run_sweep({**two, "seeds": [0, 1, 2]}, root=tmp_path / "third", report=report,
+                  from_report=True, progress=False)
+    with pytest.raises(ValueError, match="needs report"):
+        run_sweep(two, root=tmp_path / "third", from_report=True, progress=False)
+
+
 def test_interrupted_runs_resume_and_new_metrics_only_evaluate(tmp_path, monkeypatch):
     one = spec(seeds=[0], runs=[{"presets": ["gan-only"]}], plots=[])
     first = run_sweep(one, root=tmp_path, max_steps=1, progress=False)
@@ -320,3 +363,9 @@ def test_reproduce_script_runs_every_cpu_spec_into_docs_results(tmp_path):
     cpu = sorted(SWEEPS.glob("*_cpu.yaml"))
     assert calls == [f"sweep sweeps/{p.name} --root {tmp_path / 'runs'} --report docs/results "
                      "--only seed=0" for p in cpu]
+    env["FROM_REPORT"] = "1"
+    out = subprocess.run(["bash", str(SWEEPS / "reproduce_cpu.sh"), "sweeps/put_cpu.yaml"],
+                         env=env, check=True, capture_output=True, text=True).stdout.splitlines()
+    assert [line for line in out if line.startswith("sweep ")] == [
+        f"sweep sweeps/put_cpu.yaml --root {tmp_path / 'runs'} --report docs/results "
+        "--only seed=0 --from-report"]

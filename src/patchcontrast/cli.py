@@ -206,6 +206,10 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", default=None, metavar="DIR",
                    help="also copy the tables, plots and translations.png to DIR/NAME/ (e.g. "
                    "docs/results)")
+    p.add_argument("--from-report", action="store_true",
+                   help="do not train again the runs that the earlier DIR/NAME/runs.csv of "
+                   "--report lists as done (same spec.yaml): their numbers are restored from it, "
+                   "so seeds add up across workspaces that lost their run folders")
 
 
 def _size_arg(values: list[int]) -> int | tuple[int, int]:
@@ -298,7 +302,7 @@ def _run(args: argparse.Namespace) -> None:
         from .sweep import run_sweep
 
         run_sweep(args.spec, root=args.root, dry_run=args.dry_run, only=args.only,
-                  max_steps=args.max_steps, report=args.report)
+                  max_steps=args.max_steps, report=args.report, from_report=args.from_report)
 
 
 def main(argv: list[str] | None = None) -> int:

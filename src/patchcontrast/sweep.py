@@ -37,10 +37,14 @@ Every run's config is resolved before anything trains. A run whose record says d
 config, same checkpoint step, evaluated) is skipped; one with checkpoints is resumed
 (``train(resume=True)``); a failure is recorded with its error (traceback in ``RUN/sweep.log``)
 and the sweep goes on (a re-run retries it); Ctrl-C stops after the run's own checkpoint; changed
-metrics re-evaluate without retraining. Tables report the final checkpoint, mean and sample std
-over seeds, and the checkpoint selected on the test set, labelled so. Written files: ``spec.yaml``,
-``status.json``, per run ``sweep_run.json`` + ``sweep.log``, and :func:`aggregate`'s
-``results.csv``, ``results.md``, ``runs.csv``, ``plots/*.png`` and ``translations.png``.
+metrics re-evaluate without retraining. ``--from-report`` carries finished runs across workspaces
+that lost their run folders: the runs that ``REPORT/<name>/runs.csv`` lists as done (with the
+same ``spec.yaml``) get records "restored" from its rows and are not trained again; their
+numbers enter the tables, but not the translation grid (a report keeps no images). Tables report
+the final checkpoint, mean and sample std over seeds, and the checkpoint selected on the test
+set, labelled so. Written files: ``spec.yaml``, ``status.json``, per run ``sweep_run.json`` +
+``sweep.log``, and :func:`aggregate`'s ``results.csv``, ``results.md``, ``runs.csv``,
+``plots/*.png`` and ``translations.png``.
 """
 
 from __future__ import annotations
@@ -86,16 +90,19 @@ _RESUMABLE = ("run_dir", "max_steps", "device", "log_every", "sample_every", "ch
 
 def run_sweep(spec: str | Path | dict, *, root: str | Path = "runs/sweeps", dry_run: bool = False,
               only: str | None = None, progress: bool = True, max_steps: int | None = None,
-              report: str | Path | None = None) -> dict:
+              report: str | Path | None = None, from_report: bool = False) -> dict:
     """Validate ``spec``, then train, evaluate and aggregate its runs into ``ROOT/<name>/``.
 
     ``only``: run just the runs whose folder name matches (a glob pattern, or a substring);
     ``max_steps``: ``train.max_steps`` of every run (smoke tests); ``dry_run``: resolve every
     config and list the runs, train nothing; ``report``: also copy the aggregate files (tables,
-    plots, translations) to ``REPORT/<name>/``, e.g. ``docs/results``. Returns ``sweep_dir``,
-    ``runs`` (name, preset, seed, overrides, status) and, unless dry, the aggregate ``rows``,
-    ``table`` and ``plots``.
+    plots, translations) to ``REPORT/<name>/``, e.g. ``docs/results``; ``from_report``: first
+    restore the records of the runs that report lists as done and that have none here (see the
+    module docstring). Returns ``sweep_dir``, ``runs`` (name, preset, seed, overrides, status),
+    ``restored`` (names) and, unless dry, the aggregate ``rows``, ``table`` and ``plots``.
     """
+    if from_report and report is None:
+        raise ValueError("from_report needs report, the folder that holds <name>/runs.csv")
     raw = read_spec(spec)
     spec = load_spec(raw)
     sweep_dir = Path(root) / spec["name"]
@@ -103,6 +110,7 @@ def run_sweep(spec: str | Path | dict, *, root: str | Path = "runs/sweeps", dry_
     # every config first: a typo in the last group must not surface after hours of training
     resolved = [(run, *resolve_run(run, spec, sweep_dir / run.name, max_steps=max_steps))
                 for run in runs]
+    every = resolved
     if only is not None:
         pattern = only if any(c in only for c in "*?[") else f"*{only}*"
         resolved = [r for r in resolved if fnmatch.fnmatchcase(r[0].name, pattern)]
@@ -122,6 +130,10 @@ def run_sweep(spec: str | Path | dict, *, root: str | Path = "runs/sweeps", dry_
                 f"--set {shlex.quote(o)}" for o in overrides if o not in common)]))
         return out
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    if from_report:
+        out["restored"] = _restore(Path(report) / spec["name"], raw, spec, every, sweep_dir)
+        say(f"restored {len(out['restored'])} finished run(s) from "
+            f"{Path(report) / spec['name'] / 'runs.csv'}")
     (sweep_dir / "spec.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     try:
         for i, ((run, cfg, _), entry) in enumerate(zip(resolved, out["runs"]), 1):
@@ -156,6 +168,44 @@ def _copy_report(sweep_dir: Path, target: Path) -> Path:
     return target
 
 
+def _restore(report_dir: Path, raw: dict, spec: dict, resolved: list, sweep_dir: Path
+             ) -> list[str]:
+    """Write a ``sweep_run.json`` (status done, ``restored_from``) for every run that
+    ``report_dir/runs.csv`` lists as done and that has no record in ``sweep_dir``; the config in
+    it is this run's, resolved now (the report's ``spec.yaml`` must equal this spec)."""
+    table = report_dir / "runs.csv"
+    if not table.is_file():
+        return []
+    written = yaml.safe_load(yaml.safe_dump(raw, sort_keys=False))
+    if not (report_dir / "spec.yaml").is_file() or read_spec(report_dir / "spec.yaml") != written:
+        raise ValueError(f"{report_dir / 'spec.yaml'} is not this spec, so the runs of "
+                         f"{table} were made with other settings; train afresh without "
+                         "--from-report, or report to another folder")
+    select = spec["select"]
+    best = f"best_on_test_{select}"
+    listed = ("name", "variant", "seed", "status", "step", "seconds", "error", "sec_per_iter", best)
+    with open(table, newline="") as f:
+        rows = {row["name"]: row for row in csv.DictReader(f) if row["status"] == "done"}
+    restored = []
+    for run, cfg, _ in resolved:
+        row, path = rows.get(run.name), sweep_dir / run.name / "sweep_run.json"
+        if row is None or path.exists():  # a record here (done or not) is newer than the report
+            continue
+        record = {"name": run.name, "variant": run.variant, "preset": run.preset,
+                  "label": run.label, "seed": run.seed, "params": run.params, "status": "done",
+                  "metrics": spec["metrics"], "select": select,
+                  "config": json.loads(json.dumps(cfg.to_dict())), "step": int(row["step"]),
+                  "final": {k: float(v) for k, v in row.items() if k not in listed and v},
+                  "best_selected_on_test_set": {select: float(row[best])} if row[best] else {},
+                  "seconds": float(row["seconds"]) if row["seconds"] else None,
+                  "sec_per_iter": float(row["sec_per_iter"]) if row["sec_per_iter"] else None,
+                  "restored_from": str(table)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(path, record)
+        restored.append(run.name)
+    return restored
+
+
 def _run_one(run: SweepRun, cfg: RunConfig, spec: dict, say) -> dict:
     """Train (or resume) and evaluate one run; its record goes to ``RUN/sweep_run.json``."""
     from . import evaluate, pipeline
@@ -164,10 +214,12 @@ def _run_one(run: SweepRun, cfg: RunConfig, spec: dict, say) -> dict:
     path, config = run_dir / "sweep_run.json", json.loads(json.dumps(cfg.to_dict()))
     old, step = _read_json(path), _checkpoint_step(run_dir)
     evaluation = {"metrics": spec["metrics"], "select": spec["select"]}
-    if old and old["status"] == "done" and old["step"] == step and \
-            _differences(_normalised(old["config"]), config, ("run_dir",)) == [] and \
-            all(old.get(k) == v for k, v in evaluation.items()) and \
-            (run_dir / "eval" / "summary.json").is_file():
+    same = old and old["status"] == "done" and all(old.get(k) == v for k, v in evaluation.items()) \
+        and _differences(_normalised(old["config"]), config, ("run_dir",)) == []
+    if same and old.get("restored_from"):
+        say(f"    done in an earlier workspace (restored from {old['restored_from']}), skipped")
+        return old
+    if same and old["step"] == step and (run_dir / "eval" / "summary.json").is_file():
         say(f"    done already (step {step}), skipped")
         return old
     # otherwise (re)train what is missing; a finished training resumes as a no-op, so changed
@@ -280,9 +332,11 @@ def aggregate(sweep_dir: str | Path) -> tuple[list[dict], str]:
         members = list(members)
         found = [records[m.name] for m in members if records[m.name]]
         done = [r for r in found if r["status"] == "done"]
-        seconds = {r["name"]: _sec_per_iter(sweep_dir / r["name"]) for r in found}
-        if done:
-            examples.append((variant, min(done, key=lambda r: r["seed"])))
+        seconds = {r["name"]: r.get("sec_per_iter") if r.get("restored_from")
+                   else _sec_per_iter(sweep_dir / r["name"]) for r in found}
+        shown = [r for r in done if not r.get("restored_from")]  # translations on disk
+        if shown:
+            examples.append((variant, min(shown, key=lambda r: r["seed"])))
         row = {"variant": variant, "preset": members[0].preset, "label": members[0].label or "",
                **{short[k]: v for k, v in members[0].params.items()},
                "seeds_done": len(done), "seeds_failed": sum(r["status"] == "failed" for r in found),
@@ -303,7 +357,10 @@ def aggregate(sweep_dir: str | Path) -> tuple[list[dict], str]:
     rows = [row for _, row in variants]
     _write_csv(sweep_dir / "results.csv", rows)
     _write_csv(sweep_dir / "runs.csv", per_run)
-    table = _markdown(spec, rows, keys, [r for r in per_run if r["status"] == "failed"])
+    restored = sorted({r["restored_from"] for r in records.values()
+                       if r and r["status"] == "done" and r.get("restored_from")})
+    table = _markdown(spec, rows, keys, [r for r in per_run if r["status"] == "failed"],
+                      sum(bool(r and r.get("restored_from")) for r in records.values()), restored)
     (sweep_dir / "results.md").write_text(table + "\n")
     _plots(spec, variants, short, sweep_dir / "plots")
     if examples:
@@ -345,7 +402,8 @@ def _arrow(key: str) -> str:
     return "↓" if key in LOWER_IS_BETTER else "↑"
 
 
-def _markdown(spec: dict, rows: list[dict], keys: list[str], failed: list[dict]) -> str:
+def _markdown(spec: dict, rows: list[dict], keys: list[str], failed: list[dict],
+              n_restored: int = 0, restored_from: list[str] | None = None) -> str:
     select = spec["select"]
 
     def cell(row: dict, key: str) -> str:
@@ -369,6 +427,10 @@ def _markdown(spec: dict, rows: list[dict], keys: list[str], failed: list[dict])
             (f" ({row['seeds_failed']} failed)" if row["seeds_failed"] else "")
         lines.append(f"| {row['variant'].replace('__', ' ')} | {seeds} | " + " | ".join(cells)
                      + " |")
+    if n_restored:
+        lines += ["", f"{n_restored} of these runs were trained in an earlier workspace: their "
+                  f"numbers are restored from {', '.join(restored_from or [])} (--from-report), "
+                  "and the translation grid shows the lowest seed trained here."]
     if failed:
         lines += ["", "Failed runs (traceback in RUN/sweep.log):", ""]
         lines += [f"- `{r['name']}`: {r['error']}" for r in failed]
@@ -430,8 +492,9 @@ def _plots(spec: dict, variants: list[tuple[SweepRun, dict]], short: dict[str, s
 def _translation_grid(sweep_dir: Path, examples: list[tuple[str, dict]], path: Path,
                       n: int = 6) -> None:
     """The first ``n`` test images (rows) as each variant translated them at its final checkpoint
-    (columns; the variant's lowest seed done), after a reference column: the source image, or for
-    paired runs (whose source is a label map) the real photo."""
+    (columns; the variant's lowest seed done, of those not restored from a report), after a
+    reference column: the source image, or for paired runs (whose source is a label map) the
+    real photo."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
