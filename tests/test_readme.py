@@ -34,3 +34,18 @@ def test_readme_loss_table_lists_the_registry():
 
     for name in CONTRASTIVE_LOSSES:
         assert f"| `{name}` |" in README
+
+
+def test_relative_links_of_the_docs_resolve():
+    """README.md and docs/*.md link result tables and plots by relative path; a renamed or
+    regenerated file must not leave a dead link."""
+    root = Path(__file__).resolve().parents[1]
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    checked = 0
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):  # http(s), mailto: not ours to check
+                continue
+            assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+            checked += 1
+    assert checked > 10  # the pattern finds the links of docs/results.md
