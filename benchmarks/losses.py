@@ -41,6 +41,8 @@ LOSSES = {
     "patch_nce": build_loss("patchnce"),
     "weight_nce (hard)": build_loss("weightnce"),
     "put (hardest, k=5)": build_loss("put"),
+    "put (hardest, k=255: every negative)": build_loss("put", k_neg=PATCHES - 1),
+    "put (random, k=5)": build_loss("put", selection="random"),
     "put (official)": build_loss("put", selection="official"),
     "monce (defaults)": build_loss("monce"),
     "monce (grad_through_plan=False)": build_loss("monce", grad_through_plan=False),
