@@ -263,14 +263,14 @@ def test_buckets_split_by_size_and_dtype():
     average_gradients(ts, DistEnv())  # one process: nothing to do, nothing touched
 
 
-def cut_step(switches: dict) -> tuple[float, dict]:
+def cut_step(switches: dict, dtype: torch.dtype = torch.float32) -> tuple[float, dict]:
     """Loss and gradients of one G step of a tiny CUT at 32 px (same weights every call)."""
     cfg = resolve_config("cut", "cpu", overrides=TINY_CUT).model
     torch.manual_seed(0)
-    obj = UnpairedObjective(cfg)
+    obj = UnpairedObjective(cfg).to(dtype)
     apply_switches(obj, **switches)
     g = torch.Generator().manual_seed(1)
-    batch = {k: torch.rand(2, 3, SIZE, SIZE, generator=g) * 2 - 1 for k in "AB"}
+    batch = {k: (torch.rand(2, 3, SIZE, SIZE, generator=g) * 2 - 1).to(dtype) for k in "AB"}
     if switches.get("channels_last"):
         batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
     torch.manual_seed(2)
@@ -283,11 +283,17 @@ def cut_step(switches: dict) -> tuple[float, dict]:
 
 def test_checkpointing_and_channels_last_change_no_result():
     loss, grads = cut_step({})
-    for switches, rtol in (({"checkpoint_activations": True}, 0.0),
-                           ({"channels_last": True}, 1e-4)):
-        other_loss, other = cut_step(switches)
-        assert other_loss == pytest.approx(loss, rel=1e-6)
-        assert_close(other, grads, rtol=rtol)
+    checkpointed_loss, checkpointed = cut_step({"checkpoint_activations": True})
+    assert checkpointed_loss == loss
+    assert_close(checkpointed, grads, rtol=0.0)
+    # channels_last picks other conv kernels, so it is held to float64, not to the contiguous
+    # float32 step: no less accurate than that step. The float32 step's own error is CPU-
+    # dependent (9e-3 on the first conv's weight gradient on an AMD EPYC, AVX2).
+    exact_loss, exact = cut_step({}, dtype=torch.float64)
+    float32_error = assert_close(grads, exact, rtol=float("inf"))
+    other_loss, other = cut_step({"channels_last": True})
+    assert other_loss == pytest.approx(exact_loss, rel=1e-6)
+    assert_close(other, exact, rtol=max(2 * float32_error, 1e-4))
 
 
 def test_checkpointing_needs_resnet_blocks():
