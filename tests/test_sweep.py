@@ -189,7 +189,9 @@ def test_interrupted_runs_resume_and_new_metrics_only_evaluate(tmp_path, monkeyp
     assert (run / "checkpoints/step_00000001.pt").is_file()
     second = run_sweep(one, root=tmp_path, max_steps=2, progress=False)  # the longer run
     assert second["runs"][0]["status"] == "done"
-    assert json.loads((run / "sweep_run.json").read_text())["step"] == 2
+    record = json.loads((run / "sweep_run.json").read_text())
+    assert record["step"] == 2
+    assert record["machine"]["torch"] == torch.__version__ and record["machine"]["cpu"]
     assert "resumed from" in (run / "sweep.log").read_text()
     checkpoint = run / "checkpoints/step_00000002.pt"
     mtime = checkpoint.stat().st_mtime_ns

@@ -206,6 +206,23 @@ def _restore(report_dir: Path, raw: dict, spec: dict, resolved: list, sweep_dir:
     return restored
 
 
+def _machine() -> dict[str, Any]:
+    """Where a run trained. float32 training diverges between CPUs (their conv kernels round
+    differently), so a number that does not repeat elsewhere can be traced to this."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    return {"cpu": cpu, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
 def _run_one(run: SweepRun, cfg: RunConfig, spec: dict, say) -> dict:
     """Train (or resume) and evaluate one run; its record goes to ``RUN/sweep_run.json``."""
     from . import evaluate, pipeline
@@ -226,7 +243,7 @@ def _run_one(run: SweepRun, cfg: RunConfig, spec: dict, say) -> dict:
     # metrics only re-evaluate
     record = {"name": run.name, "variant": run.variant, "preset": run.preset,
               "label": run.label, "seed": run.seed, "params": run.params, "status": "running",
-              **evaluation, "config": config}
+              **evaluation, "machine": _machine(), "config": config}
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(run_dir / "sweep.log", "a") as log:
