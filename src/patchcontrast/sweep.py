@@ -207,8 +207,9 @@ def _restore(report_dir: Path, raw: dict, spec: dict, resolved: list, sweep_dir:
 
 
 def _machine() -> dict[str, Any]:
-    """Where a run trained. float32 training diverges between CPUs (their conv kernels round
-    differently), so a number that does not repeat elsewhere can be traced to this."""
+    """The machine of a run's latest training or evaluation pass (a resume elsewhere replaces
+    it). float32 training diverges between CPUs (their conv kernels round differently), so a
+    number that does not repeat elsewhere can be traced to this."""
     import platform
 
     import torch
