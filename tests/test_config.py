@@ -110,3 +110,11 @@ def test_non_square_sizes():
         DataConfig(load_size=(60, 136), crop_size=(64, 128))
     with pytest.raises(ValueError, match="an int or \\[height, width\\]"):
         DataConfig(crop_size="64")
+
+
+def test_floats_written_without_a_dot_are_numbers():
+    # YAML 1.1 reads "1e-3" as a string; a float field takes it as the number
+    cfg = resolve_config("cut", "cpu", overrides=["model.lr=1e-3", "model.lr_d=2e-4"])
+    assert cfg.model.lr == 1e-3 and cfg.model.lr_d == 2e-4
+    with pytest.raises(ValueError, match="model.lr must be a number"):
+        resolve_config("cut", "cpu", overrides=["model.lr=fast"])

@@ -71,6 +71,24 @@ def test_cli_writes_json_and_reports_missing_weights(data, tmp_path, capsys, mon
     assert "pt_inception-2015-12-05-6726825d.pth" in err and "Traceback" not in err
 
 
+def test_cli_size_scores_at_that_size(data, tmp_path, capsys):
+    # the CLI at --size 64 reproduces the library's 64 px figure, not the default 256 px one
+    args = ["evaluate", "--real", str(data / "testB"), "--fake", str(data / "testA"),
+            "--metrics", "swd"]
+    at = {}
+    for size in (None, "64"):
+        out = tmp_path / f"{size}.json"
+        assert main([*args, "--output", str(out), *(["--size", size] if size else [])]) == 0
+        at[size] = json.loads(out.read_text())
+    expected = evaluate_folders(data / "testB", data / "testA", swd_size=64, progress=False)
+    assert at["64"]["metrics"] == pytest.approx(expected["metrics"])
+    assert at["64"]["settings"]["swd"]["size"] == 64 and at[None]["settings"]["swd"]["size"] == 256
+    assert at[None]["metrics"]["swd_avg"] != pytest.approx(expected["metrics"]["swd_avg"])
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--run", str(tmp_path), "--size", "64"])
+    assert "--size applies to --real/--fake" in capsys.readouterr().err
+
+
 def test_evaluate_run_over_checkpoints(tmp_path, capsys):
     import csv
 

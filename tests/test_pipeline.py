@@ -141,3 +141,64 @@ def test_sincut_on_the_built_in_single_image_pair(tmp_path):
     assert summary["n_fake"] == 1 and summary["n_real"] == 1
     assert summary["settings"]["translated_at"] is None  # full resolution
     assert np.isfinite(summary["final"]["swd_avg"])
+
+
+def test_time_budget_plans_the_schedule_and_resume_keeps_it(tmp_path, capsys, monkeypatch):
+    from patchcontrast import pipeline
+
+    monkeypatch.setattr(pipeline.Trainer, "time_iterations",
+                        lambda self, n=8, warmup=2: {"iteration": 0.5, "sample": 1.0,
+                                                     "checkpoint": 2.0})
+    cfg = resolve_config("cut", "cpu", run_dir=str(tmp_path / "run"),
+                         overrides=[*TINY, "train.n_epochs=1", "train.n_epochs_decay=3"])
+    planned, plan = pipeline.plan_time_budget(cfg, 20.0)
+    # 20 s * 0.9 safety / (0.5 + 1.0 / 2 + 2.0 / 2) s per iteration, minus the planning time
+    assert plan["iterations"] in (8, 9) and plan["constant"] == round(plan["iterations"] / 4)
+    t = planned.train
+    assert (t.schedule_unit, t.n_epochs + t.n_epochs_decay, t.time_budget_s) == \
+        ("step", plan["iterations"], 20.0)
+    with pytest.raises(ValueError, match="give a larger budget"):
+        pipeline.plan_time_budget(cfg, 1.0)
+    summary = train(replace_steps(cfg, 3), time_budget_s=20.0)
+    assert "time budget 20 s" in capsys.readouterr().out and summary["step"] == 3
+    saved = json.loads((tmp_path / "run/config.json").read_text())["train"]
+    monkeypatch.setattr(pipeline.Trainer, "time_iterations",
+                        lambda self, n=8, warmup=2: pytest.fail("a resume must not re-plan"))
+    resumed = train(replace_steps(cfg, None), resume=True, time_budget_s=999.0)
+    assert "keeping the run's plan" in capsys.readouterr().out
+    assert resumed["step"] == saved["n_epochs"] + saved["n_epochs_decay"]
+    with pytest.raises(ValueError, match="not planned with a time budget"):
+        train(tiny(tmp_path / "other"), resume=True, time_budget_s=10.0)
+
+
+def replace_steps(cfg, max_steps):
+    from patchcontrast.config import replace
+
+    return replace(cfg, train={"max_steps": max_steps})
+
+
+def test_time_iterations_measures_a_throwaway_trainer(tmp_path):
+    from patchcontrast.pipeline import build_datasets, build_objective
+    from patchcontrast.trainer import Trainer
+
+    cfg = tiny(tmp_path)
+    trainer = Trainer(build_objective(cfg), build_datasets(cfg)[0], cfg.train)
+    timing = trainer.time_iterations(n=2, warmup=1)
+    assert set(timing) == {"iteration", "sample", "checkpoint"}
+    assert all(0 < v < 60 for v in timing.values())
+
+
+@pytest.mark.parametrize("text, seconds", [("30m", 1800), ("90s", 90), ("1h30m", 5400),
+                                           ("2.5h", 9000), ("600", 600)])
+def test_parse_duration(text, seconds):
+    from patchcontrast.cli import parse_duration
+
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "30x", "m", "1h 30m", "0", "0s"])
+def test_parse_duration_errors(text):
+    from patchcontrast.cli import parse_duration
+
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)

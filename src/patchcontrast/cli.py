@@ -37,8 +37,10 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "--set data.layout=side_by_side --set data.palette=facades --set model.label_nc=12",
     )
     p.add_argument("--preset", default="cut-monce", choices=list(ALL_PRESETS), help="method")
-    p.add_argument("--scale", default="cpu", choices=list(SCALES),
-                   help="cpu: small model, 64 px; paper: the papers' settings (needs a GPU)")
+    p.add_argument("--scale", default="fast", choices=list(SCALES),
+                   help="fast: small model, 64 px, with the levers that make a short CPU run "
+                   "translate (identity-start generator, DiffAugment; docs/results.md); cpu: the "
+                   "same model without them; paper: the papers' settings (needs a GPU)")
     p.add_argument("--config", default=None, help="YAML or JSON file with model/data/train keys")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. train.batch_size=8 (repeatable)")
@@ -53,6 +55,11 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    "--set model.allow_random_vgg=true)")
     p.add_argument("--run-dir", default=None, help="output folder (default runs/PRESET)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many iterations")
+    p.add_argument("--time-budget", default=None, metavar="DURATION",
+                   help="fit the schedule to a wall-clock budget, e.g. 30m, 90s, 1h30m: a few "
+                   "timed iterations fix the number of iterations (learning-rate decay included) "
+                   "so training ends within it; the plan is printed and saved in config.json, "
+                   "and --resume keeps it")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--resume", action="store_true", help="continue the newest checkpoint")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
@@ -96,6 +103,10 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", default="swd",
                    help="comma-separated: swd,fid,kid,content,domain,segmentation")
     p.add_argument("--masks", default=None, help="source object masks (content metric)")
+    p.add_argument("--domain-data", default=None, metavar="DATASET",
+                   help="domain metric on real data: a dataset folder (trainA/ trainB/ testA/ "
+                   "testB/, e.g. horse2zebra) whose train split trains the A-vs-B classifier "
+                   "(once, cached); its test accuracy is reported with the score")
     p.add_argument("--labels", default=None,
                    help="segmentation metric: class-id label maps named like the translations")
     p.add_argument("--seg-model", default=None,
@@ -108,6 +119,10 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
                    help="pt_inception-2015-12-05-6726825d.pth (else the torch hub cache)")
     p.add_argument("--output", default=None, help="JSON file (default FAKE/../metrics.json)")
     p.add_argument("--seed", type=int, default=0, help="seed of SWD and KID sampling")
+    p.add_argument("--size", type=int, nargs="+", default=None, metavar="PX",
+                   help="with --real/--fake: the size SWD scores at (both folders resized to "
+                   "it), one side or HEIGHT WIDTH; e.g. 64 for the 64 px figures of "
+                   "docs/results.md (default 256)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
 
 
@@ -137,12 +152,17 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
         "demo", help="train on the built-in dataset, translate its test split, write a grid",
         formatter_class=Formatter,
         description="The end-to-end demo behind `make demo`: `train` with its defaults (CUT + "
-        "MoNCE, built-in data, 64 px, CPU-sized), then `translate` of the built-in test images "
-        "and a sample grid (input | translation) in RUN_DIR/demo_grid.png.",
+        "MoNCE with the fast recipe, built-in data, 64 px, CPU-sized; about 4 minutes on 2 "
+        "cores), then `translate` of the built-in test images, a grid (input | translation) in "
+        "RUN_DIR/demo_grid.png and the scores of the translations next to those of the "
+        "untranslated inputs in RUN_DIR/metrics.json. Run again, it reuses (or continues) its "
+        "own run when the configuration is the same, and starts afresh otherwise.",
     )
     p.add_argument("--run-dir", default="runs/demo", help="output folder")
+    p.add_argument("--scale", default="fast", choices=list(SCALES),
+                   help="fast: the CPU recipe of docs/results.md; cpu: the earlier small-model "
+                   "scale (its baseline)")
     p.add_argument("--max-steps", type=int, default=None, help="stop training early")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted demo run")
 
 
 def _loss_demo_parser(sub: argparse._SubParsersAction) -> None:
@@ -212,6 +232,25 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
                    "so seeds add up across workspaces that lost their run folders")
 
 
+def parse_duration(text: str) -> float:
+    """``"30m"``, ``"90s"``, ``"1h30m"``, ``"2.5h"`` or plain seconds (``"600"``) -> seconds."""
+    import re
+
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0}
+    raw = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", raw):
+        seconds = float(raw)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", raw)
+        if not parts or "".join(n + u for n, u in parts) != raw:
+            raise ValueError(f"cannot read the duration {text!r}: use e.g. 30m, 90s, 1h30m or "
+                             "a number of seconds")
+        seconds = sum(float(n) * units[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"the duration {text!r} must be positive")
+    return seconds
+
+
 def _size_arg(values: list[int]) -> int | tuple[int, int]:
     """``--size PX`` or ``--size HEIGHT WIDTH``."""
     if len(values) > 2:
@@ -244,7 +283,8 @@ def _run(args: argparse.Namespace) -> None:
         if args.dry_run:
             print(json.dumps(cfg.to_dict(), indent=2))
             return
-        pipeline.train(cfg, resume=args.resume)
+        budget = None if args.time_budget is None else parse_duration(args.time_budget)
+        pipeline.train(cfg, resume=args.resume, time_budget_s=budget)
     elif args.command == "translate":
         size = None if args.size is None else _size_arg(args.size)
         written = pipeline.translate(args.checkpoint, args.input, args.output,
@@ -253,6 +293,9 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "evaluate":
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
         if args.run is not None:
+            if args.size is not None:
+                raise ValueError("--size applies to --real/--fake; --run scores at the run's "
+                                 "training crop size")
             summary = evaluate.evaluate_run(args.run, metrics=metrics, select=args.select,
                                             inception_weights=args.inception_weights,
                                             device=args.device)
@@ -268,7 +311,10 @@ def _run(args: argparse.Namespace) -> None:
                                            seed=args.seed, device=args.device,
                                            labels=args.labels, seg_model=args.seg_model,
                                            num_classes=args.num_classes,
-                                           ignore_index=args.ignore_index)
+                                           ignore_index=args.ignore_index,
+                                           domain_data=args.domain_data,
+                                           swd_size=256 if args.size is None
+                                           else _size_arg(args.size))
         target = evaluate.write_json(result, args.output or Path(args.fake).parent /
                                      "metrics.json")
         print(f"{evaluate.format_table(result)}\nwrote {target}")
@@ -284,20 +330,12 @@ def _run(args: argparse.Namespace) -> None:
         print(f"wrote {args.output}/similarity_histograms.png, transport_plan.png, "
               "diagnostics.json")
     elif args.command == "demo":
-        cfg = resolve_config(run_dir=args.run_dir)
+        cfg = resolve_config(scale=args.scale, run_dir=args.run_dir)
         if args.max_steps is not None:
             cfg = replace(cfg, train={"max_steps": args.max_steps})
-        pipeline.train(cfg, resume=args.resume)
-        test_a = pipeline.builtin_root(cfg.data) / "testA"
-        out = Path(cfg.train.run_dir) / "test_translations"
-        pipeline.translate(cfg.train.run_dir, test_a, out)
-        grid = pipeline.comparison_grid(test_a, out, Path(cfg.train.run_dir) / "demo_grid.png")
-        result = evaluate.evaluate_folders(
-            test_a.with_name("testB"), out, metrics=("swd", "content", "domain"),
-            masks=test_a.with_name("testA_masks"), swd_size=cfg.data.crop_size)
-        evaluate.write_json(result, Path(cfg.train.run_dir) / "metrics.json")
-        print(f"translations of the test split: {out}\nsample grid: {grid}\n"
-              f"{evaluate.format_table(result)}")
+        result = pipeline.demo(cfg)
+        print(f"translations of the test split: {result['translations']}\nsample grid: "
+              f"{result['grid']}\n{pipeline.format_demo(result)}")
     elif args.command == "sweep":
         from .sweep import run_sweep
 

@@ -22,6 +22,7 @@ from .losses._common import check_choice
 from .losses.adversarial import GAN_MODES, GanMode
 from .losses.monce import MoNCESpadeOfficialLoss
 from .losses.perceptual import SPADE_LAYER_WEIGHTS
+from .nets.diffaugment import check_policy
 from .nets.spade import UPSAMPLINGS
 from .trainer import TrainConfig
 
@@ -88,9 +89,22 @@ class CUTConfig:
     lambda_identity: float = 0.0  # L1(G(B), B) (SinCUT: 1)
     lr: float = 2e-4  # Adam for G, D and F (METHODS.md §3.1)
     betas: tuple[float, float] = (0.5, 0.999)
+    # Levers of the fast recipe (docs/results.md, "Fast recipe"); the defaults are the papers':
+    residual: bool = False  # G starts as the identity: tanh(atanh(x) + r(x)), r's last conv 0
+    diffaugment: tuple[str, ...] = ()  # DiffAugment policies on D's inputs: color, translation,
+    # cutout (Zhao et al. 2020)
+    ema: float = 0.0  # decay of an exponential moving average of G used to translate (0: off)
+    lr_d: float | None = None  # D's Adam learning rate (None: lr)
 
     def __post_init__(self) -> None:
         check_choice("gan_mode", self.gan_mode, GAN_MODES)
+        check_policy(self.diffaugment)
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1) (0 turns it off); got {self.ema!r}")
+        if self.lr_d is not None and not self.lr_d > 0:
+            raise ValueError(f"lr_d must be > 0 or null; got {self.lr_d!r}")
+        if self.residual and (self.netG != "resnet" or self.input_nc != self.output_nc):
+            raise ValueError("residual needs netG='resnet' and input_nc == output_nc")
         check_choice("contrastive", self.contrastive, CONTRASTIVE_CHOICES)
         check_choice("netG", self.netG, ("resnet", "stylegan2"))
         check_choice("netD", self.netD, ("basic", "stylegan2"))
@@ -364,13 +378,20 @@ PRESETS.update({
 })
 
 # Scales: ``paper`` = the official settings; ``cpu`` = a small model at 64 px on the built-in
-# data that trains in minutes on 2 cores (6 residual blocks keep layer 16 a residual block).
+# data that trains in minutes on 2 cores (6 residual blocks keep layer 16 a residual block);
+# ``fast`` = the cpu model with the levers that make a short CPU run translate (docs/results.md,
+# "Fast recipe"): a generator that starts as the identity and DiffAugment on D's inputs, and
+# 800 instead of 1,000 iterations on the built-in data, so that `make demo` fits in 5 minutes.
+_CPU = {"model": {"ngf": 16, "ndf": 16, "n_blocks": 6, "netF_nc": 64},
+        "data": {"load_size": 72, "crop_size": 64},
+        "train": {"batch_size": 4, "n_epochs": 5, "n_epochs_decay": 5, "log_every": 10,
+                  "sample_every": 200, "checkpoint_every": 200}}
+FAST_LEVERS = {"residual": True, "diffaugment": ("color", "translation", "cutout")}
 SCALES: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {},
-    "cpu": {"model": {"ngf": 16, "ndf": 16, "n_blocks": 6, "netF_nc": 64},
-            "data": {"load_size": 72, "crop_size": 64},
-            "train": {"batch_size": 4, "n_epochs": 5, "n_epochs_decay": 5, "log_every": 10,
-                      "sample_every": 200, "checkpoint_every": 200}},
+    "cpu": _CPU,
+    "fast": {"model": {**_CPU["model"], **FAST_LEVERS}, "data": dict(_CPU["data"]),
+             "train": {**_CPU["train"], "n_epochs": 4, "n_epochs_decay": 4}},
 }
 
 
@@ -398,6 +419,7 @@ PAIRED_SCALES: dict[str, dict[str, dict[str, Any]]] = {
             "train": {"batch_size": 4, "n_epochs": 5, "n_epochs_decay": 5, "log_every": 10,
                       "sample_every": 200, "checkpoint_every": 200}},
 }
+PAIRED_SCALES["fast"] = PAIRED_SCALES["cpu"]  # the fast levers are the CUT family's so far
 
 # SinCUT keeps its small nets at both scales; cpu: fewer virtual samples and a smaller batch.
 SINGLE_IMAGE_SCALES: dict[str, dict[str, dict[str, Any]]] = {
@@ -406,6 +428,7 @@ SINGLE_IMAGE_SCALES: dict[str, dict[str, dict[str, Any]]] = {
             "train": {"batch_size": 8, "n_epochs": 2, "n_epochs_decay": 2, "log_every": 10,
                       "sample_every": 100, "checkpoint_every": 200}},
 }
+SINGLE_IMAGE_SCALES["fast"] = SINGLE_IMAGE_SCALES["cpu"]
 
 ALL_PRESETS = (*PRESETS, *PAIRED_PRESETS)
 RunConfig = UnpairedRunConfig | PairedRunConfig
@@ -428,7 +451,7 @@ def resolve_config(preset: str = "cut-monce", scale: str = "cpu", *, run_dir: st
     else:
         layers = [PRESETS[preset], SINGLE_IMAGE_SCALES[scale] if preset in SINGLE_IMAGE_PRESETS
                   else SCALES[scale]]
-        if preset == "cut-monce" and scale == "cpu":
+        if preset == "cut-monce" and scale in ("cpu", "fast"):
             layers.append({"train": {"batch_size": 4}})  # the cpu scale wins over batch 12
     if file is not None:
         layers.append(_read_file(Path(file)))
@@ -499,8 +522,15 @@ def _build(cls: type, values: dict[str, Any], section: str):
         if isinstance(value, list) and (typing.get_origin(hint) is tuple or tuple in [
                 typing.get_origin(arg) for arg in typing.get_args(hint)]):
             value = tuple(value)
-        if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        floats = hint is float or float in typing.get_args(hint)
+        if floats and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        elif floats and isinstance(value, str):
+            # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"{section}.{key} must be a number; got {value!r}") from None
         coerced[key] = value
     try:
         return cls(**coerced)

@@ -26,13 +26,17 @@ def evaluate_folders(real: str | Path | None, fake: str | Path, *,
                      swd_size: int | tuple[int, int] = 256, seed: int = 0, device: str = "cpu",
                      cache_dir: str | Path | None = None, progress: bool = True,
                      labels: str | Path | None = None, seg_model: str | None = None,
-                     num_classes: int | None = None, ignore_index: int = 255) -> dict:
+                     num_classes: int | None = None, ignore_index: int = 255,
+                     domain_data: str | Path | None = None) -> dict:
     """Compute ``metrics`` and return them with the settings that produced them.
 
     ``fid``/``kid``: standard Inception features through pytorch-fid (local weights needed).
     ``content``: IoU between the source object masks in ``masks`` (matched to the translations
     by file stem, e.g. the built-in ``testA_masks``) and the object detected in each translation.
-    ``domain``: fraction of translations the built-in A-vs-B classifier calls B.
+    ``domain``: fraction of translations the built-in A-vs-B classifier calls B; with
+    ``domain_data`` (a dataset folder with trainA/ trainB/ testA/ testB/, e.g. horse2zebra) a
+    classifier trained on that folder's train split judges them instead, at ``swd_size``, and
+    its test accuracies are reported (``testA_accuracy``, ``testB_accuracy``).
     ``segmentation``: mIoU, pixel and class accuracy (Cityscapes protocol, see
     ``metrics.segmentation``) of ``seg_model`` (TorchScript file or ``module:name`` entry point)
     on the translations against the class-id label maps in ``labels`` (matched by file stem).
@@ -81,7 +85,15 @@ def evaluate_folders(real: str | Path | None, fake: str | Path, *,
         result["settings"]["segmentation"] = {
             "model": str(seg_model), "num_classes": num_classes, "ignore_index": ignore_index,
             "resolution": "label (logits resized bilinearly to the label map)"}
-    if "domain" in metrics:
+    if "domain" in metrics and domain_data is not None:
+        from .metrics.folder_domain import folder_domain_score
+
+        side = parse_size(swd_size, "size")[0]
+        scores = folder_domain_score(domain_data, fake, size=side)
+        result["metrics"]["domain_b"] = scores.pop("domain_b")
+        result["settings"]["domain"] = {"classifier_data": str(domain_data), "size": side,
+                                        **scores}
+    elif "domain" in metrics:
         from .metrics import domain_score
 
         result["metrics"]["domain_b"] = domain_score(_load_uint8(fake_paths))
@@ -136,7 +148,7 @@ def write_json(result: dict, path: str | Path) -> Path:
 
 def evaluate_run(run_dir: str | Path, *, metrics: Sequence[str] = ("swd",), select: str = "swd_avg",
                  inception_weights: str | Path | None = None, device: str = "cpu",
-                 progress: bool = True) -> dict:
+                 progress: bool = True, domain_data: str | Path | None = None) -> dict:
     """Translate the test split with every checkpoint of a run and evaluate each.
 
     Writes ``RUN_DIR/eval/metrics.csv`` (one row per checkpoint), ``metrics.png`` (each metric
@@ -170,7 +182,7 @@ def evaluate_run(run_dir: str | Path, *, metrics: Sequence[str] = ("swd",), sele
         result = evaluate_folders(target, fake, metrics=metrics,
                                   masks=masks if masks is not None and masks.is_dir() else None,
                                   inception_weights=inception_weights, swd_size=size or 256,
-                                  device=device, progress=progress)
+                                  device=device, progress=progress, domain_data=domain_data)
         rows.append({"step": step, **result["metrics"]})
     if select not in rows[0]:
         raise ValueError(f"cannot select by {select!r}; computed: {', '.join(rows[0])}")

@@ -114,10 +114,104 @@ def sample_batch(dataset: Dataset, n: int = 4) -> dict:
     return default_collate(items)
 
 
-def train(cfg: RunConfig, *, resume: bool = False) -> dict:
-    """Train ``cfg`` (resuming from its run folder if asked); returns the Trainer's summary."""
+# Share of a time budget given to the planned iterations: the rest absorbs timing noise and the
+# start of training (TensorBoard, data loader, the first slow iterations).
+BUDGET_SAFETY = 0.9
+
+
+def plan_time_budget(cfg: RunConfig, budget_s: float, *, spent_s: float = 0.0,
+                     timing_iterations: int = 8) -> tuple[RunConfig, dict]:
+    """Fit the schedule to a wall-clock budget: time a few iterations, one sample grid and one
+    checkpoint of a throwaway copy of the run (in a temporary folder; the RNG states are put
+    back), then fix the number of iterations so that the whole schedule, the learning-rate
+    decay included, ends within ``budget_s`` seconds counted from ``spent_s`` seconds ago.
+
+    The constant:decay split of the preset's schedule is kept, counted in iterations. Returns
+    the config with that schedule (and ``train.time_budget_s``) and the plan as a dict. Given
+    the planned step count, training is as deterministic as any other run.
+    """
+    import tempfile
+    import time
+
+    from .config import replace
+    from .distributed import setup
+    from .runstate import rng_preserved
+
+    if not budget_s > 0:
+        raise ValueError(f"the time budget must be > 0 seconds; got {budget_s}")
+    if setup(cfg.train.device)[0].enabled:
+        raise ValueError("--time-budget plans a single-process run; under torchrun give the "
+                         "schedule (train.n_epochs, train.n_epochs_decay) instead")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp, rng_preserved(torch.cuda.is_available()):
+        train_set, test_set = build_datasets(cfg)
+        torch.manual_seed(cfg.train.seed)
+        trainer = Trainer(build_objective(cfg), train_set,
+                          replace(cfg, train={"run_dir": tmp, "max_steps": None}).train,
+                          sample_batch=sample_batch(test_set))
+        timing = trainer.time_iterations(timing_iterations)
+    spent_s += time.perf_counter() - start
+    t = cfg.train
+    per_step = (timing["iteration"] + timing["sample"] / t.sample_every
+                + timing["checkpoint"] / t.checkpoint_every)
+    steps = int((budget_s - spent_s) * BUDGET_SAFETY / per_step)
+    if steps < 2:
+        raise ValueError(f"a time budget of {budget_s:.0f} s leaves room for {max(steps, 0)} "
+                         f"iterations ({timing['iteration']:.2f} s each, {spent_s:.0f} s spent "
+                         "planning): give a larger budget")
+    constant = round(steps * t.n_epochs / (t.n_epochs + t.n_epochs_decay))
+    planned = replace(cfg, train={"schedule_unit": "step", "n_epochs": constant,
+                                  "n_epochs_decay": steps - constant, "time_budget_s": budget_s})
+    plan = {"budget_s": budget_s, "planning_s": round(spent_s, 1),
+            "seconds_per_iteration": round(timing["iteration"], 4),
+            "sample_s": round(timing["sample"], 3), "checkpoint_s": round(timing["checkpoint"], 3),
+            "iterations": steps, "constant": constant, "decay": steps - constant,
+            "expected_s": round(spent_s + steps * per_step)}
+    return planned, plan
+
+
+def format_plan(plan: dict) -> str:
+    return (f"time budget {plan['budget_s']:.0f} s: {plan['seconds_per_iteration']:.3f} s per "
+            f"iteration measured, so {plan['iterations']} iterations ({plan['constant']} at the "
+            f"initial learning rate, {plan['decay']} decaying to 0), expected to end after "
+            f"about {plan['expected_s']} s")
+
+
+def saved_plan(cfg: RunConfig) -> RunConfig | None:
+    """``cfg`` with the schedule that its run folder's ``config.json`` planned for a time
+    budget (a resumed run keeps its plan); None when the folder holds no planned run."""
+    from .config import replace
+
+    path = Path(cfg.train.run_dir) / "config.json"
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())["train"]
+    if saved.get("time_budget_s") is None:
+        return None
+    keep = ("schedule_unit", "n_epochs", "n_epochs_decay", "time_budget_s")
+    return replace(cfg, train={k: saved[k] for k in keep})
+
+
+def train(cfg: RunConfig, *, resume: bool = False, time_budget_s: float | None = None) -> dict:
+    """Train ``cfg`` (resuming from its run folder if asked); returns the Trainer's summary.
+
+    ``time_budget_s``: fit the schedule to this many seconds first (:func:`plan_time_budget`);
+    a resumed run keeps the plan saved in its folder instead of timing again.
+    """
     from .distributed import on_main, setup
 
+    if time_budget_s is not None:
+        kept = saved_plan(cfg) if resume else None
+        if kept is not None:
+            cfg = kept
+            print(f"keeping the run's plan: {cfg.train.n_epochs + cfg.train.n_epochs_decay} "
+                  f"iterations for a {cfg.train.time_budget_s:.0f} s budget")
+        elif resume:
+            raise ValueError(f"{cfg.train.run_dir} was not planned with a time budget; resume "
+                             "it without --time-budget")
+        else:
+            cfg, plan = plan_time_budget(cfg, time_budget_s)
+            print(format_plan(plan))
     # under torchrun the built-in data is rendered by rank 0 alone, before any rank reads it
     on_main(lambda: data_root(cfg.data), setup(cfg.train.device)[0])
     train_set, test_set = build_datasets(cfg)
@@ -278,3 +372,59 @@ def comparison_grid(inputs: str | Path, translations: str | Path, target: str | 
     target = Path(target)
     save_image(torch.stack(rows), target, nrow=1, padding=2)
     return target
+
+
+def demo(cfg: RunConfig) -> dict:
+    """The end-to-end demo behind ``make demo``: train ``cfg`` on the built-in data, translate
+    its test split, write ``RUN_DIR/demo_grid.png`` (input | translation) and
+    ``RUN_DIR/metrics.json``: SWD, content IoU and domain score of the translations next to the
+    same scores of the untranslated test inputs, measured in the same run (the baseline).
+
+    Run again, the demo reuses its finished run (or continues an interrupted one) when the
+    folder holds the same configuration, and starts afresh, replacing the folder's checkpoints,
+    when it holds another.
+    """
+    import shutil
+
+    from . import evaluate
+
+    run_dir = Path(cfg.train.run_dir)
+    continue_run = bool(checkpoint_files(run_dir / "checkpoints"))
+    if continue_run:
+        saved = run_config(run_dir).to_dict() if (run_dir / "config.json").is_file() else None
+        if saved != cfg.to_dict():
+            print(f"{run_dir} holds a run of another configuration: starting the demo afresh")
+            shutil.rmtree(run_dir / "checkpoints")
+            continue_run = False
+        else:
+            print(f"{run_dir} holds this demo's run: continuing it (nothing to train if it "
+                  "finished)")
+    train(cfg, resume=continue_run)
+    test_a = builtin_root(cfg.data) / "testA"
+    out = run_dir / "test_translations"
+    translate(run_dir, test_a, out, size=cfg.data.crop_size)
+    grid = comparison_grid(test_a, out, run_dir / "demo_grid.png")
+    scores = {}
+    for name, images in (("translated", out), ("untranslated", test_a)):
+        scores[name] = evaluate.evaluate_folders(
+            test_a.with_name("testB"), images, metrics=("swd", "content", "domain"),
+            masks=test_a.with_name("testA_masks"), swd_size=cfg.data.crop_size,
+            progress=False)["metrics"]
+    ratio = scores["translated"]["swd_avg"] / scores["untranslated"]["swd_avg"]
+    result = {"run_dir": str(run_dir), "grid": str(grid), "translations": str(out),
+              "metrics": scores, "swd_ratio_to_untranslated": ratio,
+              "settings": {"swd_size": cfg.data.crop_size, "real": str(test_a.with_name("testB"))}}
+    evaluate.write_json(result, run_dir / "metrics.json")
+    return result
+
+
+def format_demo(result: dict) -> str:
+    """The demo's scores as a table: translations against the untranslated inputs."""
+    names = {"swd_avg": "SWD x1e3 (lower is better)", "content_iou": "content IoU",
+             "domain_b": "called B (domain score)"}
+    t, u = result["metrics"]["translated"], result["metrics"]["untranslated"]
+    lines = [f"| {'test split (50 images)':28s} | {'translated':>10s} | {'untranslated':>12s} |",
+             f"|{'-' * 30}|{'-' * 12}|{'-' * 14}|"]
+    lines += [f"| {label:28s} | {t[key]:10.3f} | {u[key]:12.3f} |" for key, label in names.items()]
+    return "\n".join([*lines, f"SWD of the translations / SWD of the inputs: "
+                      f"{result['swd_ratio_to_untranslated']:.2f}"])

@@ -94,6 +94,9 @@ class TrainConfig:
         log_every, sample_every, checkpoint_every: periods in iterations.
         keep_last: number of ``step_*.pt`` checkpoints kept.
         max_steps: stop after this many iterations; the schedule is unchanged (tests, CI).
+        time_budget_s: the wall-clock budget (seconds) that ``pipeline.plan_time_budget`` fitted
+            the schedule to (``n_epochs`` + ``n_epochs_decay`` iterations); a record of the
+            plan, which a resumed run keeps. None: the schedule was given directly.
     """
 
     run_dir: str
@@ -114,6 +117,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     checkpoint_activations: bool = False
+    time_budget_s: float | None = None
 
     def __post_init__(self):
         lows = dict(n_epochs=0, n_epochs_decay=0, num_workers=0, seed=0, batch_size=1,
@@ -130,6 +134,10 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig.{name} must be true or false, "
                                  f"got {getattr(self, name)!r}")
+        if self.time_budget_s is not None and not (
+                isinstance(self.time_budget_s, (int, float)) and self.time_budget_s > 0):
+            raise ValueError(f"TrainConfig.time_budget_s must be > 0 or null, got "
+                             f"{self.time_budget_s!r}")
         if self.n_epochs + self.n_epochs_decay == 0:
             raise ValueError("TrainConfig.n_epochs + TrainConfig.n_epochs_decay must be > 0")
         for name, choices in _CHOICES.items():
@@ -362,6 +370,33 @@ class Trainer:
         return {"step": self.step, "epoch": self.epoch, "stats": self._record,
                 "run_dir": str(self.run_dir)}
 
+    def time_iterations(self, n: int = 8, warmup: int = 2) -> dict[str, float]:
+        """Seconds per iteration (median of ``n`` after ``warmup``), per sample grid and per
+        checkpoint, measured by running them here. They train this trainer's objective and write
+        into its run folder: time a throwaway trainer (see ``pipeline.plan_time_budget``)."""
+        if n < 1 or warmup < 0:
+            raise ValueError(f"need n >= 1 and warmup >= 0; got n={n}, warmup={warmup}")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.objective.train()
+        self._boundary_rng = rng_state(self._cuda)  # what the timed checkpoint stores
+        batches, times = iter(self._loader()), []
+        for _ in range(warmup + n):
+            start = time.perf_counter()  # data loading is part of an iteration's cost
+            try:
+                batch = next(batches)
+            except StopIteration:  # an epoch shorter than the timing run
+                batches = iter(self._loader())
+                batch = next(batches)
+            self._iteration(batch)
+            times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        self._write_samples()
+        sample = time.perf_counter() - start
+        start = time.perf_counter()
+        self._checkpoint()
+        return {"iteration": float(np.median(times[warmup:])), "sample": sample,
+                "checkpoint": time.perf_counter() - start}
+
     def _open_run_dir(self) -> None:
         if self._fresh and checkpoint_files(self.run_dir / "checkpoints"):
             raise FileExistsError(f"{self.run_dir} already holds checkpoints; pass resume=True "
@@ -478,6 +513,7 @@ class Trainer:
                     if clash:
                         raise ValueError(f"phase {phase.name!r} repeats stats {sorted(clash)}")
                     stats.update(phase_stats)
+            self.objective.after_step()
         finally:
             self.objective.release()
         return stats

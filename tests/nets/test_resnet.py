@@ -209,3 +209,26 @@ def test_bad_layers_raise(layers, message):
         net.encode(torch.randn(1, 3, 8, 8), layers)
     with pytest.raises(ValueError, match=message):
         net.tap_channels(layers)
+
+
+def test_residual_generator_starts_as_the_identity_and_learns():
+    torch.manual_seed(0)
+    g = ResnetGenerator(ngf=8, n_blocks=2, residual=True)
+    x = torch.rand(2, 3, 16, 16) * 1.9 - 0.95
+    assert torch.allclose(g(x), x, atol=1e-5)
+    out, feats = g.forward_with_features(x, (0, 4))
+    assert torch.allclose(out, x, atol=1e-5) and len(feats) == 2
+    assert len(g.net) == len(ResnetGenerator(ngf=8, n_blocks=2).net)  # taps keep their indices
+    (g(x) - 1).square().mean().backward()
+    last = g.net[-2]
+    assert last.weight.grad.abs().sum() > 0  # the zero conv gets a gradient and moves
+    g.zero_grad()
+    with torch.no_grad():
+        last.weight.normal_(0, 0.05)
+    y = g(x)
+    assert not torch.allclose(y, x, atol=1e-3) and y.abs().max() < 1  # tanh keeps the range
+
+
+def test_residual_needs_matching_channels():
+    with pytest.raises(ValueError, match="input_nc == output_nc"):
+        ResnetGenerator(3, 1, residual=True)

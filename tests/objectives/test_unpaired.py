@@ -142,3 +142,57 @@ def test_sesim_loss_is_zero_for_the_source_itself_and_heads_train_only_in_their_
     own = inference.state_dict().keys()
     inference.load_state_dict({k: v for k, v in obj.state_dict().items() if k in own})
     assert not hasattr(inference, "sesim")
+
+
+def test_fast_recipe_levers_step_and_keep_the_paper_defaults():
+    paper = tiny("cut")
+    assert (paper.residual, paper.diffaugment, paper.ema, paper.lr_d) == (False, (), 0.0, None)
+    torch.manual_seed(0)
+    cfg = tiny("cut", residual=True, diffaugment=("color", "translation", "cutout"), ema=0.9,
+               lr_d=1e-4, gan_mode="nonsaturating")
+    obj = UnpairedObjective(cfg, crop_size=32)
+    assert {p.name: p.lr for p in obj.phases} == {"D": 1e-4, "G": cfg.lr}
+    x = batch()
+    assert torch.allclose(obj.translate(x["A"]), x["A"].clamp(-0.999, 0.999), atol=1e-5)
+    opt = {p.name: torch.optim.Adam([q for m in p.modules for q in getattr(obj, m).parameters()],
+                                    lr=1e-2) for p in obj.phases}
+    for _ in range(2):
+        obj.prepare(batch())
+        for phase in obj.phases:
+            loss, _ = obj.loss(phase.name)
+            opt[phase.name].zero_grad()
+            loss.backward()
+            opt[phase.name].step()
+        obj.after_step()
+        obj.release()
+    # G_ema = 0.9 (0.9 G0 + 0.1 G1) + 0.1 G2, and translation uses it
+    g_weight = dict(obj.G.named_parameters())["net.1.weight"]
+    ema_weight = dict(obj.G_ema.named_parameters())["net.1.weight"]
+    assert not torch.equal(g_weight, ema_weight) and not ema_weight.requires_grad
+    assert "G_ema.net.1.weight" in obj.state_dict()
+    assert obj.translator is obj.G_ema
+    assert torch.allclose(obj.translate(x["A"]), obj.G_ema(x["A"]))
+
+
+def test_ema_follows_the_formula():
+    torch.manual_seed(0)
+    obj = UnpairedObjective(tiny("cut", ema=0.75), crop_size=32)
+    before = {k: v.clone() for k, v in obj.G_ema.state_dict().items()}
+    with torch.no_grad():
+        for p in obj.G.parameters():
+            p.add_(1.0)
+    obj.after_step()
+    for k, v in obj.G.state_dict().items():
+        expected = before[k] if "filt" in k else 0.75 * before[k] + 0.25 * v
+        assert torch.allclose(obj.G_ema.state_dict()[k], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("ema", 1.0, "ema must be in"), ("lr_d", 0.0, "lr_d must be"),
+    ("diffaugment", ("flip",), "diffaugment policies"),
+    ("residual", True, "residual needs"),
+])
+def test_fast_recipe_levers_are_validated(field, value, message):
+    extra = {"netG": "stylegan2"} if field == "residual" else {}
+    with pytest.raises(ValueError, match=message):
+        tiny("cut", **{field: value, **extra})

@@ -20,6 +20,7 @@ into [transposed conv, IN, ReLU]; both shorten the sequence and so move the indi
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .layers import BlurPool, BlurUpsample, ResnetBlock, TappedGenerator, init_weights
@@ -48,6 +49,11 @@ class ResnetGenerator(TappedGenerator):
         antialias: BlurPool down-sampling (default) instead of stride-2 convs.
         antialias_up: fixed-filter up-sampling + conv (default) instead of transposed convs.
         dropout: Dropout(0.5) inside the residual blocks (off in CUT).
+        residual: start as the identity (off in CUT): the output is
+            ``tanh(atanh(x) + r(x))``, where ``r`` is the whole network without its final Tanh
+            and its last conv starts at zero, so ``G(x) = x`` before training (inputs are
+            clipped to ``[-0.999, 0.999]`` inside the ``atanh``). Needs ``input_nc ==
+            output_nc``. The encoder taps are unchanged. See docs/design.md ("fast recipe").
     """
 
     default_layers = CUT_LAYERS
@@ -62,11 +68,16 @@ class ResnetGenerator(TappedGenerator):
         antialias: bool = True,
         antialias_up: bool = True,
         dropout: bool = False,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         if n_blocks < 0:
             raise ValueError(f"n_blocks must be >= 0, got {n_blocks}")
+        if residual and input_nc != output_nc:
+            raise ValueError(f"a residual generator needs input_nc == output_nc, got "
+                             f"{input_nc} -> {output_nc}")
         self.input_nc = input_nc
+        self.residual = residual
         # ReLUs are not in-place here: an in-place ReLU would overwrite a tapped IN output (e.g.
         # index 8 without anti-aliasing) after it was collected, as happens upstream.
         layers: list[nn.Module] = []
@@ -101,11 +112,29 @@ class ResnetGenerator(TappedGenerator):
                     nn.InstanceNorm2d(c // 2), nn.ReLU(), out=c // 2)
             c //= 2
         add(nn.ReflectionPad2d(3), out=c)
-        add(nn.Conv2d(c, output_nc, kernel_size=7), nn.Tanh(), out=output_nc)
+        # residual: the Tanh moves to forward (after the skip); Identity keeps the indices
+        add(nn.Conv2d(c, output_nc, kernel_size=7), nn.Identity() if residual else nn.Tanh(),
+            out=output_nc)
 
         self.net = nn.Sequential(*layers)
         self._channels = tuple(channels)
         init_weights(self, "xavier", 0.02)
+        if residual:
+            nn.init.zeros_(layers[-2].weight)  # r(x) = 0: the generator starts as the identity
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._output(x, super().forward(x))
+
+    def forward_with_features(self, x: Tensor, layers=None) -> tuple[Tensor, list[Tensor]]:
+        out, feats = super().forward_with_features(x, layers)
+        return self._output(x, out), feats
+
+    def _output(self, x: Tensor, out: Tensor) -> Tensor:
+        """The image from the last entry's output ``(B, C, H, W)``: itself, or, residual, the
+        input moved by it in tanh's pre-activation space."""
+        if not self.residual:
+            return out
+        return torch.tanh(torch.atanh(x.clamp(-0.999, 0.999)) + out)
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.input_nc:

@@ -3,7 +3,8 @@
 An objective owns its networks and computes its losses; it knows nothing about optimisers,
 schedules, checkpoints or logging. The Trainer knows nothing about GANs or contrastive losses: it
 runs, every iteration, ``prepare(batch)`` once and then each :class:`Phase` in order — compute
-``loss(phase)``, backward, step that phase's optimiser — and finally ``release()``.
+``loss(phase)``, backward, step that phase's optimiser — then ``after_step()`` and finally
+``release()``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ class Objective(nn.Module):
 
     def release(self) -> None:
         """Drop the tensors kept by :meth:`prepare` (end of iteration)."""
+
+    def after_step(self) -> None:
+        """Called once per iteration after its last phase stepped (e.g. to move an average
+        of the weights); nothing by default."""
 
     def exclude_from_state(self, prefix: str) -> None:
         """Leave the entries under ``prefix`` (e.g. ``"vgg."``, a frozen pretrained network that

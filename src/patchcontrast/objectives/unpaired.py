@@ -8,6 +8,8 @@ locations of ``A`` (keys), averaged over the encoder taps; in CUT mode the ident
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -16,6 +18,7 @@ from ..losses import build_loss, multilayer_loss
 from ..losses.adversarial import gan_loss
 from ..losses.sesim import self_similarity, sesim_contrastive, spatial_correlative_loss
 from ..nets import PatchDiscriminator, PatchSampleMLP, ResnetGenerator
+from ..nets.diffaugment import diff_augment
 from ..nets.sesim import SeSimFeatures, appearance_augment
 from ..nets.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator, r1_penalty
 from .base import Objective, Phase
@@ -25,7 +28,11 @@ class UnpairedObjective(Objective):
     """CUT-family objective built from a ``CUTConfig`` (see ``patchcontrast.config``).
 
     Sub-modules: ``G`` (A->B), ``D`` (on B), ``F`` (projection head) when a contrastive loss is
-    used; ``G_BA`` and ``D_A`` for ``contrastive="cycle"``.
+    used; ``G_BA`` and ``D_A`` for ``contrastive="cycle"``; ``G_ema``, an exponential moving
+    average of ``G`` that translates and draws the samples, when ``cfg.ema > 0``.
+
+    ``cfg.diffaugment`` augments every image a discriminator sees, real and generated, in the D
+    and the G steps (DiffAugment); the NCE terms see the images unaugmented.
 
     The translation pass also yields the encoder features of the real images, which are reused
     as NCE keys instead of encoding the real images a second time (upstream recomputes them).
@@ -42,7 +49,9 @@ class UnpairedObjective(Objective):
             self.G = StyleGAN2Generator(cfg.input_nc, cfg.output_nc, ngf=cfg.ngf,
                                         n_downsampling=cfg.stylegan2_downsampling)
         else:
-            self.G = ResnetGenerator(cfg.input_nc, cfg.output_nc, **net)
+            self.G = ResnetGenerator(cfg.input_nc, cfg.output_nc, residual=cfg.residual, **net)
+        if cfg.ema > 0:  # not in any phase: moved by after_step only
+            self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
         if cfg.netD == "stylegan2":
             self.D = StyleGAN2Discriminator(cfg.output_nc, ndf=cfg.ndf, size=crop_size)
         else:
@@ -63,7 +72,8 @@ class UnpairedObjective(Objective):
             g_modules.append("G_BA")
             d_modules.append("D_A")
         # Upstream order (METHODS.md §1.3): D step on the detached fake, then G (+F) with D frozen.
-        phases = [Phase("D", tuple(d_modules), lr=cfg.lr, betas=tuple(cfg.betas))]
+        phases = [Phase("D", tuple(d_modules), lr=cfg.lr if cfg.lr_d is None else cfg.lr_d,
+                        betas=tuple(cfg.betas))]
         g_frozen = tuple(d_modules)
         if cfg.sesim != "none" and not inference:
             self._build_sesim(cfg)
@@ -119,6 +129,26 @@ class UnpairedObjective(Objective):
     def release(self) -> None:
         self._cache = {}
 
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """``G_ema <- ema G_ema + (1 - ema) G`` (buffers are copied: the blur filters are
+        fixed and instance norm keeps no running statistics)."""
+        if self.cfg.ema == 0:
+            return
+        for avg, new in zip(self.G_ema.parameters(), self.G.parameters()):
+            avg.lerp_(new, 1 - self.cfg.ema)
+        for avg, new in zip(self.G_ema.buffers(), self.G.buffers()):
+            avg.copy_(new)
+
+    @property
+    def translator(self) -> nn.Module:
+        """The generator that translates: ``G_ema`` when there is one, else ``G``."""
+        return self.G_ema if self.cfg.ema > 0 else self.G
+
+    def _d(self, images: Tensor, net: str = "D") -> Tensor:
+        """A discriminator's logits on (DiffAugment-ed) images."""
+        return getattr(self, net)(diff_augment(images, self.cfg.diffaugment))
+
     def _coin(self) -> bool:
         """FastCUT's per-iteration flip decision (probability 0.5, torch's global RNG)."""
         return bool(torch.rand(()) < 0.5)
@@ -130,9 +160,9 @@ class UnpairedObjective(Objective):
 
     def _d_loss(self) -> tuple[Tensor, dict[str, float]]:
         c, mode = self._cache, self.cfg.gan_mode
-        fake = gan_loss(self.D(c["fake_b"].detach()), False, mode=mode)
+        fake = gan_loss(self._d(c["fake_b"].detach()), False, mode=mode)
         real_b = c["real_b"].detach().requires_grad_(self.cfg.lambda_r1 > 0)
-        pred_real = self.D(real_b)
+        pred_real = self._d(real_b)
         real = gan_loss(pred_real, True, mode=mode)
         loss = 0.5 * (fake + real)
         stats = {"D_fake": fake.item(), "D_real": real.item()}
@@ -142,15 +172,15 @@ class UnpairedObjective(Objective):
             loss = loss + r1
             stats["D_R1"] = r1.item()
         if self.cfg.contrastive == "cycle":
-            fake_a = gan_loss(self.D_A(c["fake_a"].detach()), False, mode=mode)
-            real_a = gan_loss(self.D_A(c["real_a"]), True, mode=mode)
+            fake_a = gan_loss(self._d(c["fake_a"].detach(), "D_A"), False, mode=mode)
+            real_a = gan_loss(self._d(c["real_a"], "D_A"), True, mode=mode)
             loss = loss + 0.5 * (fake_a + real_a)
             stats.update(D_A_fake=fake_a.item(), D_A_real=real_a.item())
         return loss, stats
 
     def _g_loss(self) -> tuple[Tensor, dict[str, float]]:
         cfg, c = self.cfg, self._cache
-        gan = cfg.lambda_gan * gan_loss(self.D(c["fake_b"]), True, mode=cfg.gan_mode,
+        gan = cfg.lambda_gan * gan_loss(self._d(c["fake_b"]), True, mode=cfg.gan_mode,
                                         for_discriminator=False)
         loss, stats = gan, {"G_GAN": gan.item()}
         if self.contrastive:
@@ -171,7 +201,8 @@ class UnpairedObjective(Objective):
             loss = loss + identity
             stats["G_idt"] = identity.item()
         if cfg.contrastive == "cycle":
-            gan_a = cfg.lambda_gan * gan_loss(self.D_A(c["fake_a"]), True, mode=cfg.gan_mode,
+            gan_a = cfg.lambda_gan * gan_loss(self._d(c["fake_a"], "D_A"), True,
+                                              mode=cfg.gan_mode,
                                               for_discriminator=False)
             cycle = F.l1_loss(c["rec_a"], c["real_a"]) + F.l1_loss(c["rec_b"], c["real_b"])
             loss = loss + gan_a + cfg.lambda_cycle * cycle
@@ -230,11 +261,11 @@ class UnpairedObjective(Objective):
     # -- outputs ----------------------------------------------------------------------------
     def samples(self, batch: dict) -> dict[str, Tensor]:
         real_a, real_b = batch["A"], batch["B"]
-        columns = {"input": real_a, "translation": self.G(real_a)}
+        columns = {"input": real_a, "translation": self.translator(real_a)}
         if self.cfg.contrastive == "cycle":
             columns["reconstruction"] = self.G_BA(columns["translation"])
         else:
-            columns["identity"] = self.G(real_b)
+            columns["identity"] = self.translator(real_b)
         return columns
 
     @torch.no_grad()
@@ -248,5 +279,5 @@ class UnpairedObjective(Objective):
         mode = "reflect" if min(h, w) > max(pad_h, pad_w) else "replicate"
         x = nn.functional.pad(images, (0, pad_w, 0, pad_h), mode=mode) if pad_h or pad_w \
             else images
-        return self.G(x)[..., :h, :w]
+        return self.translator(x)[..., :h, :w]
 
