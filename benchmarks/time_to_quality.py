@@ -20,6 +20,8 @@ Usage::
     python benchmarks/time_to_quality.py --minutes 4 --seeds 0 1 2 --out docs/results/ttq-builtin
     python benchmarks/time_to_quality.py --dataroot ../shared/data/horse2zebra --minutes 10 \\
         --presets cut cut-monce cut-put --scales fast --domain --out docs/results/ttq-h2z
+    python benchmarks/time_to_quality.py --scales cpu --set model.residual=true \\
+        --label residual --seeds 0 1 2 --out runs/ttq-residual     # one lever alone
 """
 
 from __future__ import annotations
@@ -31,24 +33,29 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
+
 from patchcontrast import evaluate, pipeline
 from patchcontrast.config import resolve_config
 
 
-def training_minutes(run_dir: Path) -> dict[int, float]:
-    """Step -> minutes of training up to it, from the logged seconds per iteration."""
-    minutes, total, last = {0: 0.0}, 0.0, 0
+def training_minutes(run_dir: Path, step: int) -> float:
+    """Minutes of training up to ``step``, from the logged seconds per iteration (linear
+    between the logged steps)."""
+    steps, seconds, total, last = [0], [0.0], 0.0, 0
     for line in (run_dir / "stats.jsonl").read_text().splitlines():
         record = json.loads(line)
         total += record["sec_per_iter"] * (record["step"] - last)
         last = record["step"]
-        minutes[last] = total / 60
-    return minutes
+        steps.append(last)
+        seconds.append(total)
+    return float(np.interp(step, steps, seconds)) / 60
 
 
 def run_one(args, preset: str, scale: str, seed: int, out: Path) -> list[dict]:
-    run_dir = out / "runs" / f"{preset}-{scale}-seed{seed}"
-    overrides = [f"train.seed={seed}", "train.keep_last=1000"]
+    label = f"{scale}+{args.label}" if args.label else scale
+    run_dir = out / "runs" / f"{preset}-{label}-seed{seed}"
+    overrides = [*args.overrides, f"train.seed={seed}", "train.keep_last=1000"]
     if args.dataroot:
         overrides.append(f"data.dataroot={args.dataroot}")
     cfg = resolve_config(preset, scale, run_dir=str(run_dir), overrides=overrides)
@@ -67,11 +74,10 @@ def run_one(args, preset: str, scale: str, seed: int, out: Path) -> list[dict]:
         ["swd", *(["domain"] if args.domain else [])]
     evaluate.evaluate_run(run_dir, metrics=metrics, progress=False,
                           domain_data=args.dataroot if args.domain else None)
-    minutes = training_minutes(run_dir)
     with open(run_dir / "eval" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    return [{"preset": preset, "scale": scale, "seed": seed, "step": int(r["step"]),
-             "minutes": round(minutes[int(r["step"])], 2),
+    return [{"preset": preset, "scale": label, "seed": seed, "step": int(r["step"]),
+             "minutes": round(training_minutes(run_dir, int(r["step"])), 2),
              **{k: float(v) for k, v in r.items() if k != "step"}} for r in rows]
 
 
@@ -92,7 +98,7 @@ def baseline(args, out: Path) -> dict:
 
 
 def summarise(rows: list[dict], base: dict, keys: list[str]) -> str:
-    lines = ["| preset | scale | minutes | step | " + " | ".join(keys) + " |",
+    lines = ["| preset | scale | minutes | steps | " + " | ".join(keys) + " |",
              "|---|---|---:|---:|" + "---:|" * len(keys)]
     lines.append("| untranslated input | – | – | – | " +
                  " | ".join(f"{base[k]:.3f}" for k in keys) + " |")
@@ -109,8 +115,9 @@ def summarise(rows: list[dict], base: dict, keys: list[str]) -> str:
             spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
             cells.append(f"{statistics.mean(values):.3f}{spread}")
         minutes = statistics.mean(r["minutes"] for r in last)
-        lines.append(f"| {preset} | {scale} | {minutes:.1f} | {last[0]['step']} | "
-                     + " | ".join(cells) + f" |  (n={len(last)})")
+        steps = "/".join(str(r["step"]) for r in last)  # per seed: each run times its own plan
+        lines.append(f"| {preset} | {scale} (n={len(last)}) | {minutes:.1f} | {steps} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -152,6 +159,10 @@ def main() -> None:
     parser.add_argument("--dataroot", default=None, help="dataset folder (default: built-in)")
     parser.add_argument("--domain", action="store_true",
                         help="real data: score with a classifier trained on trainA/trainB")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="a config override for every run (an ablation "
+                        "lever, e.g. model.residual=true); repeatable")
+    parser.add_argument("--label", default="", help="names the overrides in the tables")
     parser.add_argument("--out", default="runs/time_to_quality")
     args = parser.parse_args()
     out = Path(args.out)

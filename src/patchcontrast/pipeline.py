@@ -10,6 +10,7 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,8 +35,11 @@ from .data.paired import (
 from .data.single_image import SingleImageDataset, write_generated_single_pair
 from .objectives.paired import PairedObjective
 from .objectives.unpaired import UnpairedObjective
-from .runstate import checkpoint_files
+from .runstate import checkpoint_files, read_checkpoint
 from .trainer import Trainer
+
+if TYPE_CHECKING:  # translator imports this module
+    from .translator import Translator
 
 Objective = UnpairedObjective | PairedObjective
 # (H, W) of the built-in single-image pair: at the smallest zoom (1/3) it still holds 12
@@ -244,15 +248,23 @@ def run_config(run_dir: str | Path) -> RunConfig:
 
 
 def load_objective(checkpoint: str | Path, device: str = "cpu"
-                   ) -> tuple[Objective, RunConfig, Path]:
+                   ) -> tuple[Objective | Translator, RunConfig, Path]:
     """The objective of a checkpoint (run folder -> newest) in eval mode, its config and file.
 
     Objectives are built for inference: without training-only parts that would need pretrained
     weights (a paired run's discriminator and VGG, a SeSim run's feature network), so
-    translation needs none of them.
+    translation needs none of them. A file that is not a readable checkpoint raises a ValueError
+    naming it (``runstate.read_checkpoint``). An exported model folder (``patchcontrast
+    export``) gives its :class:`~patchcontrast.translator.Translator`, which translates alike,
+    and its ``model.safetensors``.
     """
+    from .translator import WEIGHTS, Translator, is_model_folder
+
+    if is_model_folder(checkpoint):
+        translator = Translator.from_pretrained(checkpoint, device=device)
+        return translator, translator.run_config, Path(checkpoint) / WEIGHTS
     path = latest_checkpoint(checkpoint)
-    state = torch.load(path, map_location=device, weights_only=True)
+    state = read_checkpoint(path)  # on the CPU; load_state_dict copies onto the device
     cfg = config_from_dict(state["config"])
     objective = build_objective(cfg, inference=True).to(device)
     # inference objectives leave out training-only parts (paired: D and VGG; SeSim heads):

@@ -1,13 +1,21 @@
 """Process-level plumbing of a training run, apart from the loop itself: RNG states that a
-checkpoint can carry, determinism flags, graceful Ctrl-C/SIGTERM, and checkpoint files (atomic
-writes, lookup by step) and sample grids."""
+checkpoint can carry, determinism flags, graceful Ctrl-C/SIGTERM, the run-folder lock, and
+checkpoint files (atomic writes, safe reads, lookup by step) and sample grids."""
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import random
+import re
 import signal
+import socket
 import threading
+import time
+import warnings
+import zipfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -104,6 +112,96 @@ def graceful_signals():
             signal.signal(s, signal.SIG_DFL if h is None else h)
 
 
+# lock files taken by this process (see run_lock)
+_HELD: set[Path] = set()
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[Path]:
+    """Hold ``RUN_DIR/.lock`` (JSON: pid, host, started) while a process trains there: a second
+    process would interleave its checkpoints and stats.jsonl lines with the first one's. Refused
+    with a ValueError naming the holder while that process lives; a lock left behind by a dead
+    process (killed, out of memory, a restarted container) is taken over with a warning. The
+    lock is removed on exit, also on exceptions and KeyboardInterrupt. Yields the lock file.
+
+    Liveness can only be checked on this host: a lock of another host name counts as stale, so
+    two hosts training into one shared folder are not kept apart.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = (run_dir / ".lock").absolute()
+    mine = {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    # O_EXCL creation is atomic: of two processes starting together exactly one gets the lock
+    while not _create_exclusive(path, json.dumps(mine)):
+        holder = _lock_holder(path)
+        if holder is None:  # released between our attempt and the read
+            continue
+        stale = _stale_because(holder, path)
+        if stale is None:
+            raise ValueError(f"{run_dir} is in use by process {holder['pid']} (started "
+                             f"{holder['started']}); wait for it or choose another --run-dir "
+                             f"(if no such run is going on, delete {run_dir / '.lock'})")
+        warnings.warn(f"{run_dir}: taking over the run folder's lock, as {stale}", stacklevel=3)
+        path.unlink(missing_ok=True)
+    _HELD.add(path)
+    try:
+        yield path
+    finally:
+        _HELD.discard(path)
+        if _lock_holder(path) == mine:  # not a lock that another process took over meanwhile
+            path.unlink(missing_ok=True)
+
+
+def _create_exclusive(path: Path, text: str) -> bool:
+    """Create ``path`` holding ``text``; False if it exists already."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return True
+
+
+def _lock_holder(path: Path) -> dict | None:
+    """A lock's content; None when it is gone, {} when unreadable. An empty lock is read again
+    for up to a second: its creator writes it right after creating it."""
+    for _ in range(20):
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        if text:
+            break
+        time.sleep(0.05)
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _stale_because(holder: dict, path: Path) -> str | None:
+    """Why the process that wrote a lock cannot be training any more; None if it may be."""
+    pid, host = holder.get("pid"), holder.get("host")
+    if not isinstance(pid, int) or pid <= 0 or "started" not in holder:
+        return "its lock file is unreadable (a crash while writing it)"
+    process = f"process {pid} (started {holder['started']})"
+    if host != socket.gethostname():
+        return f"{process} ran on host {host!r}, whose processes cannot be checked from here"
+    if pid == os.getpid():
+        # our pid but not our lock: an earlier process with the same pid (a restarted container
+        # gives its entry point the same pid again)
+        return None if path in _HELD else f"{process} was an earlier process with this pid"
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return f"{process} is not running any more"
+    except PermissionError:  # it exists, under another user
+        return None
+    return None
+
+
 def checkpoint_step(path: Path) -> int:
     """The step of a ``step_XXXXXXXX.pt`` checkpoint file."""
     return int(path.stem[5:])
@@ -125,9 +223,94 @@ def resolve_checkpoint(path: Path) -> Path:
     return path
 
 
+# the keys every checkpoint written by Trainer has (the rest are the Trainer's own business)
+CHECKPOINT_KEYS = ("objective", "config", "step")
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint's dict, loaded onto the CPU; a ValueError naming the file when it is not one.
+
+    Only zip archives (what ``torch.save`` writes) reach the unpickler, and that is torch's
+    weights-only one: a pickle that would run code is refused, never executed. Damaged files
+    (empty, truncated, random bytes, refused objects) and readable files of another kind (a
+    bare state dict, an optimizer state) are told apart in the message.
+    """
+    problem, state = _damage(path), None
+    if problem is None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            # torch's message suggests weights_only=False, i.e. running the file: not repeated
+            found = re.search(r"GLOBAL ([\w.]+)", str(err))
+            problem = ("it holds pickled Python objects" + (f" ({found[1]})" if found else "")
+                       + " that the weights-only loader refuses; nothing in it was run")
+        except (RuntimeError, EOFError) as err:
+            problem = f"a zip archive that torch cannot read: {_first_line(err)}"
+    if problem is not None:
+        raise ValueError(f"{path} is not a readable patchcontrast checkpoint ({problem}): copy "
+                         "it again, or move it aside to use the run's previous checkpoint")
+    if not isinstance(state, dict) or not set(CHECKPOINT_KEYS) <= state.keys():
+        raise ValueError(f"{path} is not a patchcontrast checkpoint: it holds {_kind(state)}, not "
+                         f"the dict with keys {', '.join(map(repr, CHECKPOINT_KEYS))} that "
+                         "`patchcontrast train` writes to RUN_DIR/checkpoints/step_*.pt")
+    return state
+
+
+def _damage(path: Path) -> str | None:
+    """What makes ``path`` no zip archive, checked before anything unpickles it; None if it is."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "empty file"
+    if head != b"PK\x03\x04":  # a zip archive's first local file header
+        return "not a file written by torch.save: no zip archive"
+    if not zipfile.is_zipfile(path):  # its directory, at the end, is missing or broken
+        return "truncated or corrupt zip archive"
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    """An exception's message for a one-line error (its type if it has none)."""
+    return (str(err) or type(err).__name__).splitlines()[0]
+
+
+def _kind(obj: object) -> str:
+    """A short description of a loaded object, for error messages."""
+    if not isinstance(obj, dict):
+        return f"a {type(obj).__name__}"
+    if not obj:
+        return "an empty dict"
+    keys = [repr(k) for k in list(obj)[:4]]
+    return f"a dict with keys {', '.join(keys)}{', ...' if len(obj) > 4 else ''}"
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, I/O error): its temporary file is removed
+    and the checkpoints already on disk are untouched. ``errno`` is the OS's, when known."""
+
+    def __init__(self, path: Path, cause: BaseException):
+        os_error = _os_error(cause)
+        reason = os_error.strerror if os_error is not None else \
+            f"{_first_line(cause)} (is the disk full?)"
+        super().__init__(f"could not write {path}: {reason}")
+        self.path, self.errno = path, None if os_error is None else os_error.errno
+
+
+def _os_error(err: BaseException | None) -> OSError | None:
+    """The first OSError with an OS reason in an exception chain: a failed write inside
+    torch.save surfaces as torch's RuntimeError ("[enforce fail at inline_container.cc] ...")
+    or as the OSError of closing the file, chained to each other."""
+    while err is not None:
+        if isinstance(err, OSError) and err.strerror:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def atomic_save(obj: dict, path: Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, rename: a crash or a kill never
-    leaves a truncated checkpoint under the final name."""
+    """torch.save to a temp file in the same folder, fsync, rename: a crash, a kill or a full
+    disk never leaves a truncated checkpoint under the final name. A failed write (OSError, or
+    torch's RuntimeError around it) raises :class:`CheckpointWriteError`."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -135,14 +318,16 @@ def atomic_save(obj: dict, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+            fd = os.open(path.parent, os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except (OSError, RuntimeError) as err:
+        raise CheckpointWriteError(path, err) from err
     finally:
         tmp.unlink(missing_ok=True)
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        fd = os.open(path.parent, os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def save_sample_grid(images: dict[str, torch.Tensor], path: Path) -> None:

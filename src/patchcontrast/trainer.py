@@ -29,6 +29,7 @@ import signal
 import time
 import warnings
 from collections import defaultdict
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -58,9 +59,11 @@ from patchcontrast.runstate import (
     determinism,
     graceful_signals,
     ignore_sigint,
+    read_checkpoint,
     resolve_checkpoint,
     rng_preserved,
     rng_state,
+    run_lock,
     save_sample_grid,
     set_rng_state,
 )
@@ -304,7 +307,7 @@ class Trainer:
         if not path.is_file():
             raise FileNotFoundError(f"rank {self.dist.rank} cannot read {path}: the run folder "
                                     "must be on a file system shared by all nodes")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_checkpoint(path)
         saved = state["config"]["train"]
         changed = [k for k in _TRAJECTORY
                    if k != "batch_size" and saved.get(k) != getattr(self.config, k)]
@@ -339,7 +342,15 @@ class Trainer:
         """Train to the end of the schedule (or ``max_steps``); returns step, epoch, the last
         logged stats and run_dir. ``resume=True``: continue the highest checkpoint of run_dir; a
         path: that checkpoint or run folder. Raises :class:`TrainingInterrupted` on
-        Ctrl-C/SIGTERM (after a checkpoint) and :class:`NonFiniteLossError` on NaN/inf."""
+        Ctrl-C/SIGTERM (after a checkpoint), :class:`NonFiniteLossError` on NaN/inf,
+        ``runstate.CheckpointWriteError`` when a checkpoint cannot be written (disk full) and
+        ValueError when another live process trains in run_dir (``runstate.run_lock``)."""
+        with ExitStack() as held:
+            # rank 0 locks the folder for all ranks, before resume reads any checkpoint of it
+            on_main(lambda: held.enter_context(run_lock(self.run_dir)), self.dist)
+            return self._fit(resume)
+
+    def _fit(self, resume: bool | str | os.PathLike | None) -> dict:
         if resume:
             self.resume(self.run_dir if resume is True else resume)
         on_main(self._open_run_dir, self.dist)

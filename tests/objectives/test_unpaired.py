@@ -196,3 +196,35 @@ def test_fast_recipe_levers_are_validated(field, value, message):
     extra = {"netG": "stylegan2"} if field == "residual" else {}
     with pytest.raises(ValueError, match=message):
         tiny("cut", **{field: value, **extra})
+
+
+def test_projected_discriminator_trains_its_heads_only_and_is_not_saved():
+    torch.manual_seed(0)
+    obj = UnpairedObjective(tiny("cut", netD="projected", vgg_source="random",
+                                 diffaugment=("translation",)), crop_size=32)
+    vgg_before = {k: v.clone() for k, v in obj.D.vgg.state_dict().items()}
+    head = obj.D.heads[0][0].weight_orig
+    head_before = head.detach().clone()
+    d_params = [p for p in obj.D.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(d_params, lr=1e-2)
+    obj.prepare(batch())
+    loss, _ = obj.loss("D")
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    g_loss, stats = obj.loss("G")
+    assert torch.isfinite(g_loss) and "G_GAN" in stats
+    obj.release()
+    assert not torch.equal(head, head_before)
+    for k, v in obj.D.vgg.state_dict().items():
+        assert torch.equal(v, vgg_before[k])
+    assert not any(k.startswith("D.vgg.") for k in obj.state_dict())
+    assert any(k.startswith("D.heads.") for k in obj.state_dict())
+    logits = obj.D(batch()["A"])
+    assert logits.shape == (2, 16 * 16 + 8 * 8)  # relu2_2 and relu3_2 maps of a 32 px image
+    inference = UnpairedObjective(tiny("cut", netD="projected", vgg_source="torchvision",
+                                       vgg_weights="/nonexistent.pth"), crop_size=32,
+                                  inference=True)  # translation needs no VGG weights
+    assert not hasattr(inference, "D")
+    inference.load_state_dict({k: v for k, v in obj.state_dict().items()
+                               if not k.startswith("D.")})

@@ -53,7 +53,7 @@ class ResnetGenerator(TappedGenerator):
             ``tanh(atanh(x) + r(x))``, where ``r`` is the whole network without its final Tanh
             and its last conv starts at zero, so ``G(x) = x`` before training (inputs are
             clipped to ``[-0.999, 0.999]`` inside the ``atanh``). Needs ``input_nc ==
-            output_nc``. The encoder taps are unchanged. See docs/design.md ("fast recipe").
+            output_nc``. The encoder taps are unchanged. See docs/results.md ("Fast recipe").
     """
 
     default_layers = CUT_LAYERS

@@ -19,6 +19,7 @@ from ..losses.adversarial import gan_loss
 from ..losses.sesim import self_similarity, sesim_contrastive, spatial_correlative_loss
 from ..nets import PatchDiscriminator, PatchSampleMLP, ResnetGenerator
 from ..nets.diffaugment import diff_augment
+from ..nets.projected import ProjectedDiscriminator
 from ..nets.sesim import SeSimFeatures, appearance_augment
 from ..nets.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator, r1_penalty
 from .base import Objective, Phase
@@ -54,6 +55,14 @@ class UnpairedObjective(Objective):
             self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
         if cfg.netD == "stylegan2":
             self.D = StyleGAN2Discriminator(cfg.output_nc, ndf=cfg.ndf, size=crop_size)
+        elif cfg.netD == "projected":
+            # D on frozen VGG features: its VGG is rebuilt from the weight source, never saved;
+            # translation needs no D, so an inference objective does not load VGG weights
+            if not inference:
+                self.D = ProjectedDiscriminator(ndf=cfg.ndf, source=cfg.vgg_source,
+                                                weights=cfg.vgg_weights,
+                                                allow_random=cfg.vgg_source == "random")
+            self.exclude_from_state("D.vgg.")
         else:
             self.D = PatchDiscriminator(cfg.output_nc, ndf=cfg.ndf, n_layers=cfg.n_layers_d,
                                         antialias=cfg.antialias)
