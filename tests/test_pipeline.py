@@ -236,3 +236,19 @@ def test_cli_demo_twice(tmp_path, capsys):
     assert "untranslated" in out and "SWD of the translations / SWD of the inputs" in out
     assert main(args) == 0  # a second run in the same folder works
     assert (tmp_path / "demo/demo_grid.png").is_file()
+
+
+def test_cli_used_run_folder_and_resume_without_checkpoints_are_one_line(tmp_path, capsys):
+    args = ["train", "--preset", "cut", "--run-dir", str(tmp_path / "run"), "--max-steps", "1"]
+    for item in TINY:
+        args += ["--set", item]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--resume"])  # nothing to resume yet
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "no checkpoint to resume" in err
+    assert "Traceback" not in err
+    assert main(args) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)  # the folder holds that run now
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--resume" in err and "Traceback" not in err

@@ -285,8 +285,18 @@ def test_resume_is_exact(tmp_path, unit, split):
     assert [r["step"] for r in lines(tmp_path / "split")][-1] == 9
 
 
+@pytest.fixture
+def not_ignored(sig):
+    """The signal handled as in a foreground process: a job started in the background (``cmd
+    &``, nohup) inherits SIGINT ignored, which the trainer rightly leaves ignored."""
+    default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+    previous = signal.signal(sig, default)
+    yield
+    signal.signal(sig, previous)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_then_resume_is_exact(tmp_path, sig):
+def test_signal_then_resume_is_exact(tmp_path, sig, not_ignored):
     straight = make(tmp_path, "straight")
     straight.fit()
     before = signal.getsignal(sig)

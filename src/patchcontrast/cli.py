@@ -416,8 +416,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _run(args)
     except (ValueError, DownloadError, NonFiniteLossError, MissingWeightsError,
-            MissingVGGWeightsError) as err:
+            MissingVGGWeightsError, FileExistsError) as err:
         parser.exit(2, f"patchcontrast {args.command}: error: {err}\n")
+    except FileNotFoundError as err:  # e.g. --resume of a folder without checkpoints
+        parser.exit(2, f"patchcontrast {args.command}: error: {err.strerror or err}"
+                    + (f": {err.filename}" if err.filename else "") + "\n")
     except OSError as err:
         if not isinstance(err, CheckpointWriteError) and err.errno not in STORAGE_ERRNOS:
             raise

@@ -410,8 +410,8 @@ class Trainer:
 
     def _open_run_dir(self) -> None:
         if self._fresh and checkpoint_files(self.run_dir / "checkpoints"):
-            raise FileExistsError(f"{self.run_dir} already holds checkpoints; pass resume=True "
-                                  "to continue that run, or choose another run_dir")
+            raise FileExistsError(f"{self.run_dir} already holds checkpoints: continue that run "
+                                  "with --resume (resume=True), or choose another run folder")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config = json.dumps({"train": self.config.to_dict(), **self.extra_config}, indent=2)
         (self.run_dir / "config.json").write_text(config + "\n")
