@@ -19,7 +19,14 @@ from torch.utils.data import Dataset, default_collate
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from .config import DataConfig, PairedDataConfig, PairedRunConfig, RunConfig, config_from_dict
+from .config import (
+    DataConfig,
+    PairedDataConfig,
+    PairedRunConfig,
+    RunConfig,
+    config_from_dict,
+    replace,
+)
 from .data import UnalignedDataset, list_images, load_image, write_generated_dataset
 from .data.folders import parse_size
 from .data.generated import RENDER_VERSION
@@ -137,7 +144,6 @@ def plan_time_budget(cfg: RunConfig, budget_s: float, *, spent_s: float = 0.0,
     import tempfile
     import time
 
-    from .config import replace
     from .distributed import setup
     from .runstate import rng_preserved
 
@@ -184,16 +190,13 @@ def format_plan(plan: dict) -> str:
 def saved_plan(cfg: RunConfig) -> RunConfig | None:
     """``cfg`` with the schedule that its run folder's ``config.json`` planned for a time
     budget (a resumed run keeps its plan); None when the folder holds no planned run."""
-    from .config import replace
-
-    path = Path(cfg.train.run_dir) / "config.json"
-    if not path.is_file():
+    if not (Path(cfg.train.run_dir) / "config.json").is_file():
         return None
-    saved = json.loads(path.read_text())["train"]
-    if saved.get("time_budget_s") is None:
+    saved = run_config(cfg.train.run_dir).train
+    if saved.time_budget_s is None:
         return None
     keep = ("schedule_unit", "n_epochs", "n_epochs_decay", "time_budget_s")
-    return replace(cfg, train={k: saved[k] for k in keep})
+    return replace(cfg, train={k: getattr(saved, k) for k in keep})
 
 
 def train(cfg: RunConfig, *, resume: bool = False, time_budget_s: float | None = None) -> dict:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.folders import list_images, load_image
+from .content import _cache_dir
 
 _VERSION = 1  # bump when the architecture or training changes (invalidates caches)
 
@@ -119,9 +120,7 @@ def folder_classifier(root: str | Path, *, size: int = 64, steps: int = 1500,
                 "lr": lr, "seed": seed,
                 "files": hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    cache = Path(cache_dir) if cache_dir is not None else Path(os.environ.get(
-        "PATCHCONTRAST_CACHE", Path.home() / ".cache" / "patchcontrast"))
-    path = cache / "folder_classifier" / f"{key}.pt"
+    path = _cache_dir(cache_dir) / "folder_classifier" / f"{key}.pt"
     model = FolderClassifier()
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=True)
