@@ -1,4 +1,4 @@
-"""Tests of the generic Trainer (METHODS.md §3.1 schedule; §5.1 defects it must not have).
+"""Tests of the generic Trainer (docs/design.md §5.1 schedule; §7.2 defects it must not have).
 
 A toy objective (2-conv "generator" with dropout, 1-conv "discriminator"; phases D then G with D
 frozen in G) on 8x8 random images. Default run: 6 items, batch 2 -> 3 iterations per epoch,

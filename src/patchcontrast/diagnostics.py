@@ -1,10 +1,10 @@
 """Diagnostics of a trained contrastive model: patch-similarity histograms and the MoNCE plan.
 
 MoNCE (Zhan et al., CVPR 2022) motivates re-weighting negatives with a histogram of positive vs.
-negative patch similarities per encoder layer (paper Fig. 2, METHODS.md §4.5). Upstream only has
+negative patch similarities per encoder layer (paper Fig. 2, docs/design.md §6.5). Upstream only has
 a commented-out block that collects logits with the masked diagonal still inside (filtered by
 ``> -5``); here the positive pair is excluded from the negatives by index. The transport plan is
-the Sinkhorn solution whose rows weight each anchor's negatives (METHODS.md §1.5), computed with
+the Sinkhorn solution whose rows weight each anchor's negatives (docs/design.md §3.3), computed with
 the library's own :func:`monce_cost` and :func:`sinkhorn`.
 
 Shapes: ``q``, ``k`` are ``(B, N, C)`` unit-norm patch features of one encoder tap; ``q`` from
@@ -201,8 +201,7 @@ def diagnose(checkpoint: str | Path, images: str | Path, out_dir: str | Path, *,
     options, source = plan_options(objective)
     plan = transport_plan(objective, first, num_patches=n_plan, seed=seed).cpu()
     layer = cfg.model.nce_layers[-1]
-    title = (f"MoNCE plan, layer {layer}, {plan.shape[0]} patches\n{source} options "
-             f"(weighting={options['weighting']}, beta={options['beta']})")
+    title = plan_title(plan, layer, options, source)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot_similarity_histograms(sims, out / "similarity_histograms.png")
@@ -222,6 +221,13 @@ def diagnose(checkpoint: str | Path, images: str | Path, out_dir: str | Path, *,
     }
     (out / "diagnostics.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def plan_title(plan: Tensor, layer: int, options: dict, source: str) -> str:
+    """Title of :func:`plot_transport_plan`'s figure: the tap, N and the MoNCE options with
+    where they come from (:func:`plan_options`)."""
+    return (f"MoNCE plan, layer {layer}, {plan.shape[0]} patches\n{source} options "
+            f"(weighting={options['weighting']}, beta={options['beta']})")
 
 
 def similarity_stats(positive: Tensor, negative: Tensor) -> dict:

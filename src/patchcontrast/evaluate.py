@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from .data import list_images, load_image
-from .data.folders import parse_size
-from .runstate import checkpoint_files, checkpoint_step
+from .data.folders import open_image, parse_size
+from .runstate import atomic_write_text, checkpoint_files, checkpoint_step, write_atomically
 
 METRICS = ("swd", "fid", "kid", "content", "domain", "segmentation")
 
@@ -112,8 +112,6 @@ def _partners(fake_paths: Sequence[Path], folder: str | Path, what: str) -> list
 
 def _segmentation(fake_paths: Sequence[Path], labels: str | Path | None, model: str | None,
                   num_classes: int | None, ignore_index: int, device: str) -> dict:
-    from PIL import Image
-
     from .metrics import segmentation_metrics
 
     if labels is None or model is None or num_classes is None:
@@ -121,7 +119,7 @@ def _segmentation(fake_paths: Sequence[Path], labels: str | Path | None, model: 
                          "the translations), --seg-model and --num-classes")
     maps = []
     for path in _partners(fake_paths, labels, "label map"):
-        with Image.open(path) as im:
+        with open_image(path) as im:
             if im.mode not in ("L", "P", "I", "I;16"):
                 raise ValueError(f"{path} is a {im.mode} image; label maps must be "
                                  "single-channel class ids (mode L, P or I)")
@@ -142,7 +140,7 @@ def format_table(result: dict) -> str:
 def write_json(result: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    atomic_write_text(path, json.dumps(result, indent=2))
     return path
 
 
@@ -158,6 +156,7 @@ def evaluate_run(run_dir: str | Path, *, metrics: Sequence[str] = ("swd",), sele
     inputs are translated, and SWD computed, at the run's training crop size.
     """
     import csv
+    import io
 
     from . import pipeline
 
@@ -186,10 +185,11 @@ def evaluate_run(run_dir: str | Path, *, metrics: Sequence[str] = ("swd",), sele
         rows.append({"step": step, **result["metrics"]})
     if select not in rows[0]:
         raise ValueError(f"cannot select by {select!r}; computed: {', '.join(rows[0])}")
-    with open(out / "metrics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "metrics.csv", table.getvalue())
     best = min(rows, key=lambda r: r[select])
     summary = {"run_dir": str(run_dir), "real": str(target), "n_checkpoints": len(rows),
                "final": rows[-1], "best_selected_on_test_set": {"by": select, **best},
@@ -226,8 +226,9 @@ def _test_split(cfg, out: Path) -> tuple[Path, Path, Path | None]:
     real.mkdir(parents=True, exist_ok=True)
     for file in list_images(root / data.test_phase):
         target = real / f"{file.stem}.png"
-        if not target.exists():
-            split_pair(load_image(file, 3), data.photo_side)[0].save(target)
+        if not target.exists():  # written whole or not at all: a later run trusts it
+            photo = split_pair(load_image(file, 3), data.photo_side)[0]
+            write_atomically(target, lambda f, photo=photo: photo.save(f, format="PNG"))
     return root / data.test_phase, real, None
 
 
@@ -246,5 +247,5 @@ def _plot(rows: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("training step")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)

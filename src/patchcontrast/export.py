@@ -29,7 +29,7 @@ from .config import PairedRunConfig, RunConfig, config_from_dict, resolve_config
 from .nets.spade import SPADEGenerator
 from .nets.stylegan2 import StyleGAN2Generator
 from .pipeline import build_objective, latest_checkpoint
-from .runstate import read_checkpoint
+from .runstate import read_checkpoint, write_atomically, write_together
 from .translator import CARD, CONFIG, FORMAT, ONNX, WEIGHTS, translating_generator
 
 # the data settings that translation needs (read_input, the objective) or that tell the inputs
@@ -71,11 +71,12 @@ def export_model(source: str | Path, output: str | Path, *, onnx: bool = False) 
     with tempfile.TemporaryDirectory() as tmp:
         onnx_info = export_onnx(generator, Path(tmp) / ONNX) if onnx else None
         output.mkdir(parents=True, exist_ok=True)
-        _save_weights(generator, output / WEIGHTS)
         config = model_config(cfg, generator=name, step=state["step"], onnx=onnx_info)
-        (output / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        run_dir = _run_folder(source, checkpoint)
-        (output / CARD).write_text(model_card(config, state["config"], run_dir))
+        card = model_card(config, state["config"], _run_folder(source, checkpoint))
+        # all or nothing: an earlier export stays whole when a write fails (disk full)
+        write_together({output / WEIGHTS: _weights_bytes(generator),
+                        output / CONFIG: (json.dumps(config, indent=2) + "\n").encode(),
+                        output / CARD: card.encode()})
         if onnx:
             shutil.move(Path(tmp) / ONNX, output / ONNX)
         else:  # an earlier export's ONNX file would no longer match the weights
@@ -106,12 +107,17 @@ def _earlier_export(folder: Path) -> bool:
         and config.get("library_name") == "patchcontrast"
 
 
-def _save_weights(generator: nn.Module, path: Path) -> None:
+def _weights_bytes(generator: nn.Module) -> bytes:
     """The generator's state dict as safetensors (tensors only: nothing to unpickle)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    save_file({k: v.detach().contiguous() for k, v in generator.state_dict().items()},
-              str(path), metadata={"format": "pt"})
+    return save({k: v.detach().contiguous() for k, v in generator.state_dict().items()},
+                metadata={"format": "pt"})
+
+
+def _save_weights(generator: nn.Module, path: Path) -> None:
+    """:func:`_weights_bytes` written to ``path`` (complete or not at all)."""
+    write_atomically(path, lambda f: f.write(_weights_bytes(generator)))
 
 
 def model_config(cfg: RunConfig, *, generator: str, step: int, onnx: dict | None = None

@@ -28,7 +28,7 @@ from .config import (
     replace,
 )
 from .data import UnalignedDataset, list_images, load_image, write_generated_dataset
-from .data.folders import parse_size
+from .data.folders import open_image, parse_size
 from .data.generated import RENDER_VERSION
 from .data.generated_paired import PAIRED_RENDER_VERSION, write_generated_paired
 from .data.paired import (
@@ -42,7 +42,7 @@ from .data.paired import (
 from .data.single_image import SingleImageDataset, write_generated_single_pair
 from .objectives.paired import PairedObjective
 from .objectives.unpaired import UnpairedObjective
-from .runstate import checkpoint_files, read_checkpoint
+from .runstate import atomic_write_text, checkpoint_files, read_checkpoint, write_atomically
 from .trainer import Trainer
 
 if TYPE_CHECKING:  # translator imports this module
@@ -247,7 +247,14 @@ def run_config(run_dir: str | Path) -> RunConfig:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise ValueError(f"{run_dir} is not a run folder: {path} is missing")
-    return config_from_dict(json.loads(path.read_text()))
+    try:
+        return config_from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        # damaged (not JSON, not UTF-8) or another file's content: one line naming the file
+        problem = "empty file" if not path.stat().st_size else \
+            (str(err) or type(err).__name__).splitlines()[0]
+        raise ValueError(f"{path} is not the config.json of a patchcontrast run ({problem}); "
+                         "`patchcontrast train` writes it") from None
 
 
 def load_objective(checkpoint: str | Path, device: str = "cpu"
@@ -259,13 +266,22 @@ def load_objective(checkpoint: str | Path, device: str = "cpu"
     translation needs none of them. A file that is not a readable checkpoint raises a ValueError
     naming it (``runstate.read_checkpoint``). An exported model folder (``patchcontrast
     export``) gives its :class:`~patchcontrast.translator.Translator`, which translates alike,
-    and its ``model.safetensors``.
+    and its ``model.safetensors``; so does a ``.pth`` generator file of the official CUT /
+    MoNCE / CycleGAN code (``patchcontrast.importer``), and the file itself.
     """
     from .translator import WEIGHTS, Translator, is_model_folder
 
     if is_model_folder(checkpoint):
         translator = Translator.from_pretrained(checkpoint, device=device)
         return translator, translator.run_config, Path(checkpoint) / WEIGHTS
+    if Path(checkpoint).is_file() and Path(checkpoint).suffix == ".pth":
+        from .importer import PatchcontrastCheckpoint, import_translator
+
+        try:  # a generator file of the official code
+            translator = import_translator(checkpoint, device=device)[0]
+            return translator, translator.run_config, Path(checkpoint)
+        except PatchcontrastCheckpoint:
+            pass  # one of ours, named .pth: read below
     path = latest_checkpoint(checkpoint)
     state = read_checkpoint(path)  # on the CPU; load_state_dict copies onto the device
     cfg = config_from_dict(state["config"])
@@ -280,7 +296,8 @@ def load_objective(checkpoint: str | Path, device: str = "cpu"
 
 def translate(checkpoint: str | Path, inputs: str | Path, output: str | Path, *,
               batch_size: int = 8, device: str = "cpu", progress: bool = True,
-              size: int | tuple[int, int] | None = None) -> list[Path]:
+              size: int | tuple[int, int] | None = None, tile: int | None = None,
+              tile_overlap: int | None = None, tile_stats: str = "image") -> list[Path]:
     """Translate an image file or every image of a folder with the checkpoint's generator.
 
     Unpaired runs read images; paired runs read label maps: single-channel class-id images, or
@@ -289,9 +306,29 @@ def translate(checkpoint: str | Path, inputs: str | Path, output: str | Path, *,
     cropped back) and name, written as PNG in ``output``; inputs of equal size are batched.
     ``size`` (int or (height, width)) first resizes every input (bilinear with antialiasing;
     label maps nearest), e.g. to the resolution the run was trained at.
+
+    ``tile`` (px) translates every batch in overlapping tiles of that size, ``tile_overlap``
+    px apart (default a quarter tile), blended (``patchcontrast.tiling``): for images too large
+    for one pass. By default (None) batches above ``tiling.AUTO_TILE_PIXELS`` pixels are tiled
+    with ``tiling.AUTO_TILE``; ``tile=0`` never tiles. ``tile_stats``: "image" normalises the
+    tiles with the whole image's instance-norm statistics (measured over the tiles first: close
+    to the whole pass, several times the work), "tile" with each tile's own (one pass).
     """
+    from .export import size_multiple
+    from .tiling import check_tile
+    from .translator import Translator, translating_generator
+
     target = None if size is None else parse_size(size, "size")
     objective, cfg, path = load_objective(checkpoint, device)
+    generator = objective.generator if isinstance(objective, Translator) \
+        else translating_generator(objective)[1]
+    multiple = size_multiple(generator)
+    if tile:
+        check_tile(tile, tile_overlap, multiple)  # refuse bad values before any work
+    if tile_stats not in ("tile", "image"):
+        raise ValueError(f"--tile-stats must be 'tile' or 'image', got {tile_stats!r}")
+    tiling = {"tile": tile, "overlap": tile_overlap, "multiple": multiple,
+              "generator": generator, "stats": tile_stats}
     inputs = Path(inputs)
     files = [inputs] if inputs.is_file() else list_images(inputs)
     output = Path(output)
@@ -304,13 +341,13 @@ def translate(checkpoint: str | Path, inputs: str | Path, output: str | Path, *,
             group = by_size.setdefault(tuple(x.shape[-2:]), [])
             group.append((file, x))
             if len(group) == batch_size:
-                written += _flush(objective, group, output)
+                written += _flush(objective, group, output, tiling)
                 bar.update(len(group))
                 group.clear()
         for group in by_size.values():
-            written += _flush(objective, group, output)
+            written += _flush(objective, group, output, tiling)
             bar.update(len(group))
-    (output / "translation.json").write_text(json.dumps(
+    atomic_write_text(output / "translation.json", json.dumps(
         {"checkpoint": str(path), "images": len(written), "config": asdict(cfg)}, indent=2))
     return written
 
@@ -326,9 +363,7 @@ def read_input(file: Path, cfg: RunConfig) -> torch.Tensor:
         _, label = split_pair(load_image(file, 3), data.photo_side)
         ids = colours_to_labels(np.asarray(label), resolve_palette(data.palette))
     else:
-        from PIL import Image
-
-        with Image.open(file) as im:
+        with open_image(file) as im:
             if im.mode not in ("L", "P", "I", "I;16"):
                 raise ValueError(f"{file} is a {im.mode} image; a paired run translates label "
                                  "maps of class ids (single-channel images)")
@@ -357,15 +392,28 @@ def _to_array(image) -> np.ndarray:
     return (array[None] if array.ndim == 2 else array.transpose(2, 0, 1)).copy()
 
 
-def _flush(objective: Objective, group: list, output: Path) -> list[Path]:
+def _flush(objective: Objective, group: list, output: Path, tiling: dict | None = None
+           ) -> list[Path]:
+    from .tiling import AUTO_TILE, AUTO_TILE_PIXELS, translate_tiled
+
     if not group:
         return []
     batch = torch.stack([x for _, x in group])
-    out = objective.translate(batch)
+    tile = None if tiling is None else tiling["tile"]
+    if tiling is not None and tile is None and \
+            batch.shape[0] * batch.shape[-2] * batch.shape[-1] > AUTO_TILE_PIXELS:
+        tile = AUTO_TILE
+    if tile:
+        out = translate_tiled(objective.translate, batch, tile=tile,
+                              overlap=tiling.get("overlap"), multiple=tiling["multiple"],
+                              generator=tiling["generator"], stats=tiling["stats"])
+    else:
+        out = objective.translate(batch)
     paths = []
     for (file, _), y in zip(group, out):
         target = output / f"{file.stem}.png"
-        save_image((y + 1) / 2, target)
+        # complete or absent, also when a signal or a full disk stops the translation
+        write_atomically(target, lambda f, y=y: save_image((y + 1) / 2, f, format="png"))
         paths.append(target)
     return paths
 

@@ -1,6 +1,7 @@
 """Process-level plumbing of a training run, apart from the loop itself: RNG states that a
-checkpoint can carry, determinism flags, graceful Ctrl-C/SIGTERM, the run-folder lock, and
-checkpoint files (atomic writes, safe reads, lookup by step) and sample grids."""
+checkpoint can carry, determinism flags, graceful Ctrl-C/SIGTERM, the run-folder lock, atomic
+file writes whose failures name the file, checkpoint files (safe reads, lookup by step) and
+sample grids."""
 
 from __future__ import annotations
 
@@ -112,8 +113,42 @@ def graceful_signals():
             signal.signal(s, signal.SIG_DFL if h is None else h)
 
 
-# lock files taken by this process (see run_lock)
-_HELD: set[Path] = set()
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is (see :func:`sigterm_raises`)."""
+
+    signum = signal.SIGTERM
+
+    def __init__(self):
+        super().__init__("stopped by SIGTERM")
+
+
+@contextmanager
+def sigterm_raises():
+    """SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) instead of ending the process at
+    once, so that it unwinds like Ctrl-C: ``finally`` blocks remove temporary files and release
+    the run lock. Only where SIGTERM has its default action (not ignored, no handler of the
+    program around us) and in the main thread; the training loop sets its own handlers inside."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+class RunFolderInUse(ValueError):
+    """Another live process (or thread) trains in the run folder (see :func:`run_lock`)."""
+
+
+# lock files taken by this process -> the thread that holds each (see run_lock)
+_HELD: dict[Path, int] = {}
 
 
 @contextmanager
@@ -122,13 +157,19 @@ def run_lock(run_dir: Path) -> Iterator[Path]:
     process would interleave its checkpoints and stats.jsonl lines with the first one's. Refused
     with a ValueError naming the holder while that process lives; a lock left behind by a dead
     process (killed, out of memory, a restarted container) is taken over with a warning. The
-    lock is removed on exit, also on exceptions and KeyboardInterrupt. Yields the lock file.
+    lock is removed on exit, also on exceptions and KeyboardInterrupt. Yields the lock file;
+    raises :class:`RunFolderInUse` (a ValueError) when refused.
 
     Liveness can only be checked on this host: a lock of another host name counts as stale, so
-    two hosts training into one shared folder are not kept apart.
+    two hosts training into one shared folder are not kept apart. The thread that holds the lock
+    may enter it again (a sweep holds its run's folder around the training that locks it too);
+    another thread of the same process is refused like another process.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     path = (run_dir / ".lock").absolute()
+    if _HELD.get(path) == threading.get_ident():
+        yield path  # the outer holder removes the lock
+        return
     mine = {"pid": os.getpid(), "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     # O_EXCL creation is atomic: of two processes starting together exactly one gets the lock
@@ -138,16 +179,16 @@ def run_lock(run_dir: Path) -> Iterator[Path]:
             continue
         stale = _stale_because(holder, path)
         if stale is None:
-            raise ValueError(f"{run_dir} is in use by process {holder['pid']} (started "
+            raise RunFolderInUse(f"{run_dir} is in use by process {holder['pid']} (started "
                              f"{holder['started']}); wait for it or choose another --run-dir "
                              f"(if no such run is going on, delete {run_dir / '.lock'})")
         warnings.warn(f"{run_dir}: taking over the run folder's lock, as {stale}", stacklevel=3)
         path.unlink(missing_ok=True)
-    _HELD.add(path)
+    _HELD[path] = threading.get_ident()
     try:
         yield path
     finally:
-        _HELD.discard(path)
+        del _HELD[path]
         if _lock_holder(path) == mine:  # not a lock that another process took over meanwhile
             path.unlink(missing_ok=True)
 
@@ -284,9 +325,10 @@ def _kind(obj: object) -> str:
     return f"a dict with keys {', '.join(keys)}{', ...' if len(obj) > 4 else ''}"
 
 
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (disk full, I/O error): its temporary file is removed
-    and the checkpoints already on disk are untouched. ``errno`` is the OS's, when known."""
+class FileWriteError(OSError):
+    """A file could not be written (disk full, I/O error, no permission): the message names it
+    and the OS's reason. Files written by :func:`write_atomically` keep their previous content
+    and leave no temporary file behind. ``errno`` is the OS's, when known."""
 
     def __init__(self, path: Path, cause: BaseException):
         os_error = _os_error(cause)
@@ -294,6 +336,10 @@ class CheckpointWriteError(OSError):
             f"{_first_line(cause)} (is the disk full?)"
         super().__init__(f"could not write {path}: {reason}")
         self.path, self.errno = path, None if os_error is None else os_error.errno
+
+
+class CheckpointWriteError(FileWriteError):
+    """A checkpoint could not be written: the checkpoints already on disk are untouched."""
 
 
 def _os_error(err: BaseException | None) -> OSError | None:
@@ -307,27 +353,93 @@ def _os_error(err: BaseException | None) -> OSError | None:
     return None
 
 
-def atomic_save(obj: dict, path: Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, rename: a crash, a kill or a full
-    disk never leaves a truncated checkpoint under the final name. A failed write (OSError, or
-    torch's RuntimeError around it) raises :class:`CheckpointWriteError`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+@contextmanager
+def writing(path: Path):
+    """OSErrors raised inside become a :class:`FileWriteError` naming ``path``: a failed
+    write() or flush() reports only the OS's reason, not the file."""
+    try:
+        yield
+    except FileWriteError:
+        raise
+    except OSError as err:
+        raise FileWriteError(path, err) from err
+
+
+def temporary_name(path: Path) -> Path:
+    """Where :func:`write_atomically` writes ``path`` first (hidden, of this process)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Delete the temporary files of :func:`write_atomically` in ``folder``: left by a process
+    killed while writing (kill -9, out of memory). Only call it while holding the folder's
+    run lock, or on a folder no other process writes to."""
+    found = [p for p in folder.glob(".*.tmp") if p.is_file()]
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
+
+
+def write_atomically(path: Path, write, *, durable: bool = False,
+                     error: type[FileWriteError] = FileWriteError,
+                     errors: tuple[type[BaseException], ...] = (OSError,)) -> None:
+    """``write(file)`` into a temporary file of the same folder, then rename it to ``path``: a
+    kill or a full disk never leaves a part-written file under the final name (the previous
+    file, if any, stays as it was). ``durable``: fsync the file and the rename (power loss).
+    Exceptions of the types ``errors`` raise ``error`` naming ``path``; the temporary file is
+    removed in every case but a kill (see :func:`remove_leftovers`)."""
+    tmp = temporary_name(path)
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+            write(f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+        if durable and hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
             fd = os.open(path.parent, os.O_DIRECTORY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-    except (OSError, RuntimeError) as err:
-        raise CheckpointWriteError(path, err) from err
+    except errors as err:
+        if isinstance(err, FileWriteError):
+            raise
+        raise error(path, err) from err
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_together(files: dict[Path, bytes]) -> None:
+    """Write several files so that either all of them get their new content or none does (a
+    set that must match, such as a model's weights and config): each goes to its temporary
+    file first, the renames come last. A failure raises :class:`FileWriteError` naming the file
+    and leaves the files as they were."""
+    staged = []
+    try:
+        for path, data in files.items():
+            staged.append(temporary_name(path))
+            with writing(path), open(staged[-1], "wb") as f:
+                f.write(data)
+        for tmp, path in zip(staged, files):
+            with writing(path):
+                os.replace(tmp, path)
+    finally:
+        for tmp in staged:
+            tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """``path.write_text(text)`` through :func:`write_atomically`."""
+    write_atomically(path, lambda f: f.write(text.encode()))
+
+
+def atomic_save(obj: dict, path: Path) -> None:
+    """torch.save to a temp file in the same folder, fsync, rename: a crash, a kill or a full
+    disk never leaves a truncated checkpoint under the final name. A failed write (OSError, or
+    torch's RuntimeError around it) raises :class:`CheckpointWriteError`."""
+    write_atomically(path, lambda f: torch.save(obj, f), durable=True,
+                     error=CheckpointWriteError, errors=(OSError, RuntimeError))
 
 
 def save_sample_grid(images: dict[str, torch.Tensor], path: Path) -> None:
@@ -339,4 +451,5 @@ def save_sample_grid(images: dict[str, torch.Tensor], path: Path) -> None:
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"samples()[{name!r}] must be (B, 1 or 3, H, W), got {tuple(x.shape)}")
         columns.append(x.detach().float().cpu().add(1).div(2).clamp(0, 1).expand(-1, 3, -1, -1))
-    save_image(make_grid(torch.stack(columns, dim=1).flatten(0, 1), nrow=len(columns)), path)
+    grid = make_grid(torch.stack(columns, dim=1).flatten(0, 1), nrow=len(columns))
+    write_atomically(path, lambda f: save_image(grid, f, format="png"))

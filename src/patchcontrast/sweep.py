@@ -65,7 +65,13 @@ from typing import Any
 import yaml
 
 from .config import RunConfig, config_from_dict
-from .runstate import checkpoint_files, checkpoint_step
+from .runstate import (
+    RunFolderInUse,
+    atomic_write_text,
+    checkpoint_files,
+    checkpoint_step,
+    run_lock,
+)
 from .sweep_spec import (
     LOWER_IS_BETTER,
     METRIC_KEYS,
@@ -104,7 +110,7 @@ def run_sweep(spec: str | Path | dict, *, root: str | Path = "runs/sweeps", dry_
     if from_report and report is None:
         raise ValueError("from_report needs report, the folder that holds <name>/runs.csv")
     raw = read_spec(spec)
-    spec = load_spec(raw)
+    spec = load_spec(raw, source=None if isinstance(spec, dict) else spec)
     sweep_dir = Path(root) / spec["name"]
     runs = plan(spec)
     # every config first: a typo in the last group must not surface after hours of training
@@ -139,7 +145,8 @@ def run_sweep(spec: str | Path | dict, *, root: str | Path = "runs/sweeps", dry_
         for i, ((run, cfg, _), entry) in enumerate(zip(resolved, out["runs"]), 1):
             say(f"[{i}/{len(resolved)}] {run.name}", flush=True)
             entry["status"] = "interrupted"  # until _run_one returns
-            entry["status"] = _run_one(run, cfg, spec, say)["status"]
+            record = _run_one(run, cfg, spec, say)
+            entry.update({k: record[k] for k in ("status", "error") if k in record})
     except KeyboardInterrupt:
         say("sweep interrupted; run the same command again to continue")
         raise
@@ -225,7 +232,21 @@ def _machine() -> dict[str, Any]:
 
 
 def _run_one(run: SweepRun, cfg: RunConfig, spec: dict, say) -> dict:
-    """Train (or resume) and evaluate one run; its record goes to ``RUN/sweep_run.json``."""
+    """Train (or resume) and evaluate one run; its record goes to ``RUN/sweep_run.json``. A run
+    folder in use by another live process is left alone, its record included: the returned
+    record says failed, with the lock's message."""
+    run_dir = Path(cfg.train.run_dir)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(run_lock(run_dir))
+        except RunFolderInUse as err:
+            say(f"    FAILED: {err}")
+            return {"name": run.name, "status": "failed", "error": f"ValueError: {err}"}
+        return _run_locked(run, cfg, spec, say)
+
+
+def _run_locked(run: SweepRun, cfg: RunConfig, spec: dict, say) -> dict:
+    """_run_one, with the run folder's lock held."""
     from . import evaluate, pipeline
 
     run_dir = Path(cfg.train.run_dir)
@@ -318,9 +339,8 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)  # atomic: an interrupted write never leaves a broken record
+    # atomic: an interrupted write never leaves a broken record
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _write_status(sweep_dir: Path, runs: list[SweepRun]) -> None:

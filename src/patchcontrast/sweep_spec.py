@@ -55,16 +55,32 @@ def read_spec(spec: str | Path | dict) -> dict:
     path = Path(spec)
     if not path.is_file():
         raise ValueError(f"sweep spec {path} does not exist")
-    data = yaml.safe_load(path.read_text())
+    try:  # the safe loader: a python/object tag is refused, never run
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        problem = " ".join(str(err).split())  # YAML's messages span lines
+        raise ValueError(f"sweep spec {path} is not a readable YAML file ({problem})") from None
     if not isinstance(data, dict):
         raise ValueError(f"sweep spec {path} must hold a mapping (name, runs, ...)")
     return data
 
 
-def load_spec(spec: str | Path | dict) -> dict:
+def load_spec(spec: str | Path | dict, source: str | Path | None = None) -> dict:
     """Read and check the structure of a spec; returns it with defaults filled and overrides
-    parsed (configs are resolved by :func:`resolve_run`)."""
-    spec = read_spec(spec)
+    parsed (configs are resolved by :func:`resolve_run`). Errors name the file: ``spec`` if it
+    is a path, else ``source`` (the file a dict was read from), if given."""
+    if not isinstance(spec, dict):
+        source = spec
+    try:
+        return _checked(read_spec(spec))
+    except ValueError as err:
+        if source is None or str(source) in str(err):
+            raise
+        raise ValueError(f"{source}: {err}") from None
+
+
+def _checked(spec: dict) -> dict:
+    """load_spec of a dict."""
     _known("sweep spec", spec, _SPEC_KEYS)
     out = {"description": "", "scale": "cpu", "seeds": [0], "metrics": ["swd", "content", "domain"],
            "device": None, "inception_weights": None, "overrides": [],

@@ -2,8 +2,8 @@
 
 The Trainer knows nothing about GANs or contrastive losses (see :mod:`objectives.base`): every
 iteration it runs ``objective.prepare(batch)``, each :class:`Phase` (loss, backward, step of that
-phase's Adam), then ``objective.release()``. What it fixes over upstream CUT (METHODS.md §3.1,
-§5.1): seeded data order that depends only on (seed, epoch); optimiser, scheduler, scaler and RNG
+phase's Adam), then ``objective.release()``. What it fixes over upstream CUT (docs/design.md §5.1,
+§7.2): seeded data order that depends only on (seed, epoch); optimiser, scheduler, scaler and RNG
 states in checkpoints, so a resumed run is bitwise identical to an uninterrupted one (CPU,
 ``deterministic=True``); periods counted in iterations, not images; atomic checkpoint writes;
 graceful Ctrl-C/SIGTERM.
@@ -53,6 +53,7 @@ from patchcontrast.nets.layers import ResnetBlock
 from patchcontrast.objectives.base import Objective, Phase
 from patchcontrast.runstate import (
     atomic_save,
+    atomic_write_text,
     checkpoint_files,
     checkpoint_step,
     derived_seed,
@@ -60,12 +61,14 @@ from patchcontrast.runstate import (
     graceful_signals,
     ignore_sigint,
     read_checkpoint,
+    remove_leftovers,
     resolve_checkpoint,
     rng_preserved,
     rng_state,
     run_lock,
     save_sample_grid,
     set_rng_state,
+    writing,
 )
 
 _CHOICES = {"schedule_unit": ("epoch", "step"), "amp": ("none", "bf16", "fp16")}
@@ -169,6 +172,15 @@ class TrainConfig:
         return cls(**d)
 
 
+def _stats_line(line: str) -> dict | None:
+    """A stats.jsonl line's record; None for a blank line or one cut short by a kill."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and "step" in record else None
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Raised by :meth:`Trainer.fit` after Ctrl-C (SIGINT) or SIGTERM, once the current iteration
     is finished and a checkpoint written. A KeyboardInterrupt, so ``except Exception`` does not
@@ -236,7 +248,7 @@ class Trainer:
     ``sample_batch``: the fixed batch of the sample grids (default: items ``0..batch_size-1`` at
     epoch 0). ``extra_config``: the caller's model/data config (JSON types), saved next to
     ``"train"`` in ``config.json`` and in checkpoints. Optimisers are built here, so every network
-    of the objective must exist already (no lazily created layers, METHODS.md §5.1).
+    of the objective must exist already (no lazily created layers, docs/design.md §7.2).
     """
 
     def __init__(self, objective: Objective, dataset: Dataset, config: TrainConfig, *,
@@ -358,8 +370,9 @@ class Trainer:
         if self.dist.is_main:
             from torch.utils.tensorboard import SummaryWriter  # slow import, only needed here
 
-            writer = SummaryWriter(self.run_dir / "tb",
-                                   purge_step=0 if self._fresh else self.step + 1)
+            with writing(self.run_dir / "tb"):  # it writes the event file's header at once
+                writer = SummaryWriter(self.run_dir / "tb",
+                                       purge_step=0 if self._fresh else self.step + 1)
         bar = tqdm(total=self.total_steps, initial=self.step, unit="it", dynamic_ncols=True,
                    disable=not self.dist.is_main)
         try:
@@ -377,7 +390,8 @@ class Trainer:
         finally:
             bar.close()
             if writer is not None:
-                writer.close()
+                with writing(self.run_dir / "tb"):
+                    writer.close()
         return {"step": self.step, "epoch": self.epoch, "stats": self._record,
                 "run_dir": str(self.run_dir)}
 
@@ -413,8 +427,11 @@ class Trainer:
             raise FileExistsError(f"{self.run_dir} already holds checkpoints: continue that run "
                                   "with --resume (resume=True), or choose another run folder")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # half-written files of a process killed while writing them (the lock is ours now)
+        for folder in (self.run_dir, self.run_dir / "checkpoints", self.run_dir / "samples"):
+            remove_leftovers(folder)
         config = json.dumps({"train": self.config.to_dict(), **self.extra_config}, indent=2)
-        (self.run_dir / "config.json").write_text(config + "\n")
+        atomic_write_text(self.run_dir / "config.json", config + "\n")
         where = f"{self.dist.world_size} processes, rank 0 on " if self.dist.enabled else ""
         print(f"{config}\n{where}device {self.device}, {self.iters_per_epoch} iterations/epoch, "
               f"{self.total_steps} iterations, run_dir {self.run_dir}")
@@ -431,9 +448,9 @@ class Trainer:
         if self._fresh:  # leftovers of a run that never reached a checkpoint
             stats.unlink(missing_ok=True)
         elif stats.exists():  # lines after the checkpoint will be logged again
-            lines = stats.read_text().splitlines(keepends=True)
-            stats.write_text("".join(s for s in lines
-                                     if s.strip() and json.loads(s)["step"] <= self.step))
+            kept = [line for line in stats.read_text().splitlines()
+                    if (record := _stats_line(line)) is not None and record["step"] <= self.step]
+            atomic_write_text(stats, "".join(f"{line}\n" for line in kept))
 
     def _loop(self, stop, writer, bar) -> None:
         cfg, meter = self.config, defaultdict(list)
@@ -596,12 +613,15 @@ class Trainer:
         self._record = record
         if not self.dist.is_main:
             return
-        with open(self.run_dir / "stats.jsonl", "a") as f:
+        stats = self.run_dir / "stats.jsonl"
+        with writing(stats), open(stats, "a") as f:
             f.write(json.dumps(record) + "\n")
-        for k, v in record.items():
-            if k != "step":
-                writer.add_scalar(k, v, self.step)
-        writer.flush()
+        # TensorBoard writes in a thread of its own and raises its errors in the next call here
+        with writing(self.run_dir / "tb"):
+            for k, v in record.items():
+                if k != "step":
+                    writer.add_scalar(k, v, self.step)
+            writer.flush()
 
     def _write_samples(self) -> None:
         if self._last_sample == self.step or not self.dist.is_main:

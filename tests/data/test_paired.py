@@ -231,7 +231,7 @@ def test_colour_labels_and_damaged_files_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"(?s)unreadable image file.*b\.png"):
         PairedDataset(root, label_nc=3)
     lazy = PairedDataset(root, label_nc=3, validate=False)
-    with pytest.raises(ValueError, match=r"cannot read .*b\.png"):
+    with pytest.raises(ValueError, match=r"b\.png is not a readable image"):
         lazy[1]
 
 

@@ -1,4 +1,4 @@
-"""SinCUT single-image data (METHODS.md §2.5): per-batch zoom, distinct grid cells, independent
+"""SinCUT single-image data (docs/design.md §4.4): per-batch zoom, distinct grid cells, independent
 flips, determinism per (seed, epoch, index), errors, and the generated single-image pair."""
 
 import json

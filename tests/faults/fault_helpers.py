@@ -1,7 +1,11 @@
 """Shared by the fault tests: a toy objective the Trainer runs in milliseconds, the tiny real
-config of the CLI tests, and a child process that holds a run folder's lock."""
+config of the CLI tests, a child process that holds a run folder's lock, and writes that fail
+as on a full or failing disk."""
 
+import builtins
+import io
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +35,16 @@ def tiny_train_args(run_dir: Path, *extra: str) -> list[str]:
     for item in [*TINY, *extra]:
         args += ["--set", item]
     return args
+
+
+class RunsCode:
+    """Unpickling this would run a shell command that creates ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
 
 
 class Images(Dataset):
@@ -97,3 +111,44 @@ def hold_lock(run_dir: Path) -> subprocess.Popen:
                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert child.stdout.readline().strip() == "locked"
     return child
+
+
+class FailingFile:
+    """A file opened for writing whose first write() puts half of its data on disk and then
+    fails with OSError(code), as a disk that fills up (ENOSPC) or fails (EIO) under a write."""
+
+    def __init__(self, file, code: int):
+        self._file, self._code = file, code
+
+    def write(self, data):
+        self._file.write(data[: len(data) // 2])
+        self._file.flush()
+        raise OSError(self._code, os.strerror(self._code))
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+
+def fail_writes(monkeypatch, name: str, code: int, when=lambda: True) -> list[str]:
+    """Files whose path contains ``name``, opened for writing through ``open`` (Python code,
+    pathlib, PIL, TensorBoard) while ``when()`` is true: their writes fail with ``code``.
+    Returns the list that collects the paths that failed."""
+    real_open, failed = builtins.open, []
+
+    def opener(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        if isinstance(file, int) or not set(mode) & set("wax") or \
+                name not in os.fsdecode(file) or not when():
+            return f
+        failed.append(os.fsdecode(file))
+        return FailingFile(f, code)
+
+    monkeypatch.setattr(builtins, "open", opener)
+    monkeypatch.setattr(io, "open", opener)
+    return failed

@@ -1,33 +1,20 @@
 """Bad model files given to translate, evaluate --run, diagnose and train --resume: one line
 naming the file and what was expected, exit code 2, no traceback, no code from the file run."""
 
-import os
 import pickle
-import shlex
 import shutil
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
-from fault_helpers import tiny_config, tiny_train_args
+from fault_helpers import RunsCode, tiny_train_args
 
 from patchcontrast.cli import main
 from patchcontrast.diagnostics import diagnose
 from patchcontrast.evaluate import evaluate_run
-from patchcontrast.pipeline import load_objective, train, translate
+from patchcontrast.pipeline import load_objective, translate
 from patchcontrast.runstate import read_checkpoint
-
-
-class RunsCode:
-    """Unpickling this would run a shell command that creates ``marker``."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
-
 
 # kind -> (what the file holds, given a real checkpoint's dict and a marker path; the message)
 BAD = {
@@ -50,16 +37,6 @@ BAD = {
                            "it holds a dict with keys 'D', not the dict with keys "
                            "'objective', 'config', 'step'"),
 }
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A 2-step tiny CUT run (checkpoint step_00000002.pt) and 2 test images."""
-    root = tmp_path_factory.mktemp("trained")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PATCHCONTRAST_CACHE", str(root / "cache"))
-        train(tiny_config(root / "run", "train.max_steps=2"))
-    return root
 
 
 @pytest.fixture(autouse=True)

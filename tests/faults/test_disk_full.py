@@ -1,12 +1,17 @@
-"""A checkpoint write that fails (disk full, I/O error): the temporary file is removed, the
-previous checkpoint stays intact, the error names the file and the cause, the CLI exits 3."""
+"""Writes that fail (disk full, I/O error) of checkpoints, sample grids, stats.jsonl,
+TensorBoard events, exported models, translations and metrics: the error names the file and
+the cause, the CLI exits 3, no temporary file stays behind, the previous checkpoint (or
+export, or result) stays intact and a resumed run finishes."""
 
 import errno
+import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
-from fault_helpers import tiny_train_args, toy_trainer
+from fault_helpers import fail_writes, tiny_train_args, toy_trainer
+from PIL import Image
 
 from patchcontrast import pipeline
 from patchcontrast.cli import main
@@ -100,3 +105,87 @@ def test_cli_exits_3_on_any_storage_error(code, error, tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert exit_info.value.code == 3 and error in err and "stats.jsonl" in err
     assert "Traceback" not in err
+
+
+# what the disk refuses after the run's first checkpoint (step 2 of 4): the file whose name
+# holds this, the path the error names, the errno
+RUN_FILES = {
+    "sample grid": ("step_00000004.png", "samples/step_00000004.png", errno.ENOSPC),
+    "stats.jsonl": ("stats.jsonl", "stats.jsonl", errno.EIO),
+    "TensorBoard events": ("events.out.tfevents", "tb", errno.ENOSPC),
+}
+
+
+@pytest.mark.parametrize("kind", list(RUN_FILES))
+# TensorBoard's writer thread ends with the error after handing it to the training loop
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_failed_write_of_a_run_file_exits_3(kind, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    name, path, code = RUN_FILES[kind]
+    first = run / "checkpoints" / "step_00000002.pt"
+    with monkeypatch.context() as patch:
+        failed = fail_writes(patch, name, code, when=first.exists)
+        with pytest.raises(SystemExit) as exit_info:
+            main(tiny_train_args(run, "train.max_steps=4"))
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert exit_info.value.code == 3 and failed
+    assert err == f"patchcontrast train: error: could not write {run / path}: {os.strerror(code)}"
+    assert [p.name for p in (run / "checkpoints").iterdir()] == [first.name]
+    assert read_checkpoint(first)["step"] == 2
+    assert not list(run.rglob(".*.tmp"))
+    if kind == "stats.jsonl":  # the resumed run drops the half-written line of step 3
+        assert main([*tiny_train_args(run, "train.max_steps=4"), "--resume"]) == 0
+        records = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records] == [1, 2, 3, 4]
+
+
+def builtin_test_images(trained: Path) -> Path:
+    """The trained run's built-in testA folder."""
+    return next((trained / "cache").glob("*/testA"))
+
+
+@pytest.mark.parametrize("name, code", [
+    ("model.safetensors", errno.ENOSPC), ("config.json", errno.EIO), ("README.md", errno.ENOSPC)])
+def test_a_failed_export_leaves_the_earlier_export_whole(name, code, trained, tmp_path,
+                                                         monkeypatch, capsys):
+    model = tmp_path / "model"
+    argv = ["export", str(trained / "run"), "--output", str(model)]
+    assert main(argv) == 0
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    fail_writes(monkeypatch, name, code)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 3
+    assert err == f"patchcontrast export: error: could not write {model / name}: " \
+        f"{os.strerror(code)}\n"
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == before  # no temporary files
+
+
+def test_a_failed_translation_write_exits_3_without_a_partial_image(trained, tmp_path,
+                                                                   monkeypatch, capsys):
+    images = sorted(builtin_test_images(trained).glob("*.png"))
+    out = tmp_path / "out"
+    fail_writes(monkeypatch, images[1].name, errno.ENOSPC)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["translate", "--checkpoint", str(trained / "run"), "--input",
+              str(builtin_test_images(trained)), "--output", str(out), "--batch-size", "1"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 3
+    assert err.endswith(f"error: could not write {out / images[1].name}: "
+                        "No space left on device\n")
+    assert [p.name for p in out.iterdir()] == [images[0].name]  # whole, the other absent
+    with Image.open(out / images[0].name) as image:
+        image.load()
+
+
+def test_a_failed_metrics_write_exits_3(trained, tmp_path, monkeypatch, capsys):
+    target = tmp_path / "metrics.json"
+    target.write_text("{}")  # an earlier result, kept
+    fail_writes(monkeypatch, target.name, errno.EIO)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--real", str(builtin_test_images(trained)), "--fake",
+              str(builtin_test_images(trained)), "--size", "32", "--output", str(target)])
+    assert exit_info.value.code == 3
+    assert capsys.readouterr().err.endswith(f"could not write {target}: Input/output error\n")
+    assert [p.name for p in tmp_path.iterdir()] == [target.name] and target.read_text() == "{}"

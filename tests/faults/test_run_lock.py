@@ -9,13 +9,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 from fault_helpers import TINY, Toy, hold_lock, tiny_train_args, toy_trainer
 
 from patchcontrast import evaluate
 from patchcontrast.cli import main
-from patchcontrast.runstate import checkpoint_files, run_lock
+from patchcontrast.runstate import RunFolderInUse, checkpoint_files, run_lock
 from patchcontrast.sweep import load_spec, plan, run_sweep
 from patchcontrast.trainer import TrainingInterrupted
 
@@ -102,16 +103,29 @@ def test_the_lock_is_removed_after_an_exception(tmp_path, error):
     assert not (run / ".lock").exists()
 
 
-def test_the_same_process_cannot_take_its_own_lock_twice(tmp_path):
+def test_another_thread_of_the_process_is_refused_the_holder_may_reenter(tmp_path):
     with run_lock(tmp_path) as path:
-        with pytest.raises(ValueError, match=f"in use by process {os.getpid()}"):
-            with run_lock(tmp_path):
-                pass
+        with run_lock(tmp_path) as again:  # the same thread: a sweep around its run's training
+            assert again == path
+        assert path.exists()  # the inner exit leaves the lock to the outer holder
+        errors = []
+
+        def second():
+            try:
+                with run_lock(tmp_path):
+                    pass
+            except RunFolderInUse as err:
+                errors.append(str(err))
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join()
+        assert len(errors) == 1 and f"in use by process {os.getpid()}" in errors[0]
         assert json.loads(path.read_text())["pid"] == os.getpid()
     assert not path.exists()
 
 
-def test_a_sweep_records_a_locked_run_as_failed(tmp_path, monkeypatch):
+def test_a_sweep_leaves_a_folder_in_use_alone(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluate, "_plot", lambda rows, path: None)
     monkeypatch.setattr(evaluate, "evaluate_folders",
                         functools.partial(evaluate.evaluate_folders, swd_size=32))
@@ -119,12 +133,18 @@ def test_a_sweep_records_a_locked_run_as_failed(tmp_path, monkeypatch):
             "runs": [{"presets": ["gan-only"], "grid": {"model.lambda_gan": [1, 0.5]}}]}
     locked, free = (tmp_path / "tiny" / run.name for run in plan(load_spec(spec)))
     child = hold_lock(locked)
+    # the live run's record, which a second sweep must neither rewrite nor append to
+    live = json.dumps({"name": locked.name, "seed": 0, "status": "running"})
+    (locked / "sweep_run.json").write_text(live)
     try:
         result = run_sweep(spec, root=tmp_path, max_steps=1, progress=False)
     finally:
         child.kill()
         child.wait()
     assert [r["status"] for r in result["runs"]] == ["failed", "done"]
-    error = json.loads((locked / "sweep_run.json").read_text())["error"]
-    assert error.startswith(f"ValueError: {locked} is in use by process {child.pid}")
-    assert f"in use by process {child.pid}" in result["table"]
+    assert result["runs"][0]["error"].startswith(
+        f"ValueError: {locked} is in use by process {child.pid}")
+    assert (locked / "sweep_run.json").read_text() == live
+    # nothing else written there (the lock is the killed holder's)
+    assert sorted(p.name for p in locked.iterdir()) == [".lock", "sweep_run.json"]
+    assert json.loads((free / "sweep_run.json").read_text())["status"] == "done"

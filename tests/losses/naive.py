@@ -1,12 +1,12 @@
 """Independent reference oracles for the contrastive losses (float64, deliberately simple).
 
-Written from the formulas in the test brief and METHODS.md §1.2, §1.4, §1.5, §1.7 only; no
+Written from the formulas in the test brief and docs/design.md §3.1, §3.2, §3.3, §3.5 only; no
 code from ``patchcontrast`` or from any upstream repository is used here.
 
 Two families of oracles:
 
 * ``naive_*``: Python loops over anchors, one scalar formula per anchor.
-* ``official_*``: vectorised torch re-implementations of the upstream algorithms as METHODS.md
+* ``official_*``: vectorised torch re-implementations of the upstream algorithms as docs/design.md
   describes them (−10 diagonals, plain-domain Sinkhorn with an exp kernel, 50 unrolled
   iterations, autograd for gradients, keys detached).
 
@@ -99,7 +99,7 @@ def naive_weighted_nce_given_f(q, k, f, *, tau=0.07, negatives="image", reductio
 def naive_weight_nce(
     q, k, *, tau=0.07, weighting="hard", beta=0.1, Q=1.0, negatives="image", reduction="none"
 ):
-    """WeightNCE (METHODS.md §1.4), softmax normaliser over j != i only."""
+    """WeightNCE (docs/design.md §3.2), softmax normaliser over j != i only."""
     B, N, _ = q.shape
     sign = {"hard": 1.0, "easy": -1.0}[weighting]
     out = []
@@ -192,7 +192,7 @@ def sinkhorn_vec(cost, *, eps, a=None, b=None, iters=50):
 
 
 # --------------------------------------------------------------------------------------------
-# "official" vectorised re-implementations (from METHODS.md)
+# "official" vectorised re-implementations (from docs/design.md)
 # --------------------------------------------------------------------------------------------
 def _neg_matrix(qg, kg):
     """(G, n, n) similarity with the diagonal overwritten by −10 (out of place)."""
@@ -207,7 +207,7 @@ def _ce_target0(logits):
 
 
 def official_patch_nce(q, k, *, tau=0.07, negatives="image", reduction="none"):
-    """CUT PatchNCE (§1.2): logits [l_pos, l_neg(diag −10)] / τ, CE target 0."""
+    """CUT PatchNCE (docs/design.md §3.1): logits [l_pos, l_neg(diag −10)] / τ, CE target 0."""
     B, N, C = q.shape
     qg, kg = groups(q, k, negatives)
     l_pos = (qg * kg).sum(-1, keepdim=True)  # (G, n, 1)
@@ -217,7 +217,7 @@ def official_patch_nce(q, k, *, tau=0.07, negatives="image", reduction="none"):
 
 
 def official_plan(qg, kg, *, weighting="hard", beta=0.1, iters=50, diagonal="upstream"):
-    """MoNCE-CUT OT plan (§1.5 steps 1–4): M = S or 1−S, M_ii = −10, K = exp(M/β),
+    """MoNCE-CUT OT plan (docs/design.md §3.3, steps 1–3): M = S or 1−S, M_ii = −10, K = exp(M/β),
     u = 1/(K v), v = 1/(Kᵀ u) ``iters`` times, T = diag(u) K diag(v)."""
     S = torch.bmm(qg, kg.detach().transpose(1, 2))
     M = S if weighting == "hard" else 1.0 - S
@@ -250,7 +250,8 @@ def official_monce(
     reduction="none",
     return_plan=False,
 ):
-    """MoNCE as the official MoNCE-CUT code computes it (§1.5), with n = actual group size."""
+    """MoNCE as the official MoNCE-CUT code computes it (docs/design.md §3.3), with n = actual
+    group size."""
     B, N, C = q.shape
     qg, kg = groups(q, k, negatives)
     n = qg.shape[1]
@@ -271,7 +272,8 @@ def official_monce(
 
 
 def official_put(q, k, *, tau=0.07, k_neg=5, negatives="image", reduction="none"):
-    """PUT's dim-0 sort (§1.7): (G·n)×n negative matrix with −10 diagonals, every column sorted
+    """PUT's dim-0 sort (docs/design.md §3.5): (G·n)×n negative matrix with −10 diagonals, every
+    column sorted
     descending across all anchors, keep the first k_neg columns."""
     B, N, C = q.shape
     qg, kg = groups(q, k, negatives)

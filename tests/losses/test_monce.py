@@ -1,7 +1,7 @@
 """MoNCE tests.
 
 Oracles: ``naive.official_monce`` — a vectorised re-implementation of the official MoNCE-CUT
-algorithm as METHODS.md §1.5 describes it (plain-domain Sinkhorn with K = exp(M/β), −10
+algorithm as docs/design.md §3.3 describes it (plain-domain Sinkhorn with K = exp(M/β), −10
 diagonal, u = 1/(Kv), v = 1/(Kᵀu) for 50 unrolled iterations, f = T(n−1)Q + 1e-8,
 l_neg = S + τ log f with −10 diagonal, CE target 0; gradients by autograd through the plan) —
 and ``naive.naive_weighted_nce_given_f`` (per-anchor loop of the weighted NCE for a given f).

@@ -1,6 +1,6 @@
-"""The released MoNCE-SPADE last-layer loss (METHODS.md §1.6) and ``detach_keys=False``.
+"""The released MoNCE-SPADE last-layer loss (docs/design.md §3.4) and ``detach_keys=False``.
 
-Oracle: a per-anchor loop written from §1.6 step 5 on top of ``naive.official_plan`` (the
+Oracle: a per-anchor loop written from docs/design.md §3.4 on top of ``naive.official_plan`` (the
 official plain-domain Sinkhorn, 'hard' kernel exp(S / eps), -10 diagonal, 50 iterations):
 f = ot_weight T + 1e-8, l_pos = s_ii + tau log max_j f_ij, l_neg_ij = s_ij + tau log f_ij with
 the diagonal at -10, cross-entropy with target 0.

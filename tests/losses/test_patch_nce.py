@@ -1,6 +1,6 @@
 """PatchNCE tests.
 
-Oracles: ``naive.naive_patch_nce`` (per-anchor Python loop of the formula in METHODS.md §1.2)
+Oracles: ``naive.naive_patch_nce`` (per-anchor Python loop of the formula in docs/design.md §3.1)
 and ``naive.official_patch_nce`` (vectorised CUT algorithm: logits [l_pos, l_neg with −10
 diagonal]/τ, cross-entropy with target 0).
 """

@@ -2,7 +2,7 @@
 
 Oracles: ``naive.naive_put`` (per-anchor loop: keep the k largest / smallest S_ij, j ≠ i, CE over
 [S_ii, kept]/τ without −10 term), ``naive.official_put`` (PUT's dim-0 column sort across all
-anchors, METHODS.md §1.7) and PatchNCE (k = n−1 hardest keeps every negative).
+anchors, docs/design.md §3.5) and PatchNCE (k = n−1 hardest keeps every negative).
 """
 
 import pytest

@@ -1,6 +1,6 @@
 """WeightNCE tests.
 
-Oracle: ``naive.naive_weight_nce`` — per-anchor loop of METHODS.md §1.4
+Oracle: ``naive.naive_weight_nce`` — per-anchor loop of docs/design.md §3.2
 ℓ_i = −log e^{s_ii/τ} / (e^{s_ii/τ} + Q(n−1) Σ_{j≠i} w_ij e^{s_ij/τ} + e^{−10/τ}),
 w = softmax_{j≠i}(±s_ij/β).  Also checks exact invariants (β → ∞ equals PatchNCE) and
 inequalities that follow from the weights being similarity-ordered (Chebyshev's sum

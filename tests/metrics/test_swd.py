@@ -27,7 +27,7 @@ def _generated(domain: str, n: int, size: int, start: int = 0) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------
-# A separate, deliberately naive reference written from METHODS.md §4.2 (loops everywhere).
+# A separate, deliberately naive reference written from docs/design.md §6.2 (loops everywhere).
 
 _FILTER = np.outer([1, 4, 6, 4, 1], [1, 4, 6, 4, 1]) / 256.0
 

@@ -1,4 +1,4 @@
-"""PatchDiscriminator tests (METHODS.md §2.2): size, output maps of both variants, registry."""
+"""PatchDiscriminator tests (docs/design.md §4.2): size, output maps of both variants, registry."""
 
 import pytest
 import torch

@@ -1,7 +1,9 @@
-"""Tests of the building blocks: anti-aliased resampling, ResnetBlock, init_weights (§2.1, §2.7).
+"""Tests of the building blocks: anti-aliased resampling, ResnetBlock, init_weights
+(docs/design.md §4.1, §4.7).
 
-Oracles for the resampling layers are the spec's recipes written out literally (pad, fixed filter,
-strided (transposed) convolution, crop), independent of how the modules fold the crops.
+Oracles for the resampling layers are the recipes of docs/design.md §4.1 written out literally
+(pad, fixed filter, strided (transposed) convolution, crop), independent of how the modules fold
+the crops.
 """
 
 import math
@@ -15,7 +17,7 @@ from patchcontrast.nets import BlurPool, BlurUpsample, ResnetBlock, init_weights
 
 
 def spec_down(x):
-    # reflect pad 1, [1,2,1]x[1,2,1]/16 depthwise, stride 2 (METHODS.md §2.1, idx 7)
+    # reflect pad 1, [1,2,1]x[1,2,1]/16 depthwise, stride 2 (docs/design.md §4.1, index 7)
     t = torch.tensor([1.0, 2.0, 1.0], dtype=x.dtype)
     k = (torch.outer(t, t) / 16).expand(x.shape[1], 1, 3, 3)
     return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), k, stride=2, groups=x.shape[1])

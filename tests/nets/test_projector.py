@@ -1,4 +1,4 @@
-"""PatchSampleMLP tests (METHODS.md §1.1, §2.3): eager head, sampling ids, normalisation.
+"""PatchSampleMLP tests (docs/design.md §2.2, §4.3): eager head, sampling ids, normalisation.
 
 Oracle: the sample for image b and id i is the (normalised) projection of ``feat[b, :, i // W,
 i % W]``, computed directly.

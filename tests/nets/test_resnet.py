@@ -1,4 +1,5 @@
-"""ResnetGenerator tests: the §2.1 layer table, encoder taps, single-pass features, input checks.
+"""ResnetGenerator tests: the docs/design.md §4.1 layer table, encoder taps, single-pass features,
+input checks.
 
 Shapes at 256x256 are checked on the ``meta`` device (shape propagation only, no compute); real
 forward passes use 64x64 or smaller inputs to keep the suite fast on CPU.
@@ -13,6 +14,7 @@ from patchcontrast.nets import (
     GENERATORS,
     BlurPool,
     BlurUpsample,
+    FourierPosition,
     ResnetBlock,
     ResnetGenerator,
 )
@@ -31,12 +33,12 @@ def n_params(module):
 @pytest.mark.parametrize("antialias", [True, False])
 def test_parameter_count(antialias):
     net = ResnetGenerator(antialias=antialias, antialias_up=antialias)
-    assert n_params(net) == 11_378_179  # the spec's measured 11.378 M
+    assert n_params(net) == 11_378_179  # 11.378 M, docs/design.md §4.1
     assert round(n_params(net) / 1e6, 3) == 11.378
 
 
 def test_layer_table(generator):
-    # METHODS.md §2.1: 32 entries, taps 4/8 are the pre-norm down-sampling convs
+    # docs/design.md §4.1: 32 entries, taps 4/8 are the pre-norm down-sampling convs
     net = generator.net
     assert len(net) == 32
     assert isinstance(net[0], nn.ReflectionPad2d) and isinstance(net[29], nn.ReflectionPad2d)
@@ -133,7 +135,8 @@ def test_antialias_switches(antialias, antialias_up, length):
 
 
 def test_no_antialias_moves_taps():
-    # §2.1: with both switches index 4 is the stride-2 conv, 8 an IN at 1/4 size, 12/16 are the
+    # docs/design.md §4.1: with both switches index 4 is the stride-2 conv, 8 an IN at 1/4 size,
+    # 12/16 are the
     # 3rd and 7th residual blocks
     net = ResnetGenerator(antialias=False, antialias_up=False)
     assert isinstance(net.net[4], nn.Conv2d) and net.net[4].stride == (2, 2)
@@ -232,3 +235,38 @@ def test_residual_generator_starts_as_the_identity_and_learns():
 def test_residual_needs_matching_channels():
     with pytest.raises(ValueError, match="input_nc == output_nc"):
         ResnetGenerator(3, 1, residual=True)
+
+
+def test_positional_features_start_off_keep_the_taps_and_learn():
+    torch.manual_seed(0)
+    plain = ResnetGenerator(ngf=8, n_blocks=2)
+    g = ResnetGenerator(ngf=8, n_blocks=2, positional=3)
+    x = torch.randn(2, 3, 16, 16)
+    assert len(g.net) == len(plain.net) + 1
+    assert g.tap_channels() == plain.tap_channels()
+    at = next(i for i, m in enumerate(g.net) if isinstance(m, FourierPosition))
+    assert at == len(g.net) - 4  # just before the output pad, conv and Tanh
+    shared = {k: v for k, v in plain.state_dict().items() if int(k.split(".")[1]) < at}
+    g.load_state_dict(shared, strict=False)
+    for a, b in zip(g.encode(x), plain.encode(x)):  # same weights, same taps
+        assert torch.equal(a, b)
+    pos = g.net[at]
+    assert torch.equal(pos.proj.weight, torch.zeros_like(pos.proj.weight))
+    (g(x) - 1).square().mean().backward()
+    assert pos.proj.weight.grad.abs().sum() > 0  # the zero projection gets a gradient
+
+
+def test_fourier_features_follow_the_formula_at_any_size():
+    pos = FourierPosition(4, octaves=3)
+    for h, w in ((8, 8), (12, 20)):
+        feats = pos.features(h, w, like=torch.empty(0))
+        assert feats.shape == (1, 12, h, w)
+        u = torch.linspace(-1, 1, w)
+        v = torch.linspace(-1, 1, h)
+        k = 2  # the finest octave: 4 periods across the image
+        assert torch.allclose(feats[0, k, 0], torch.sin(torch.pi * 4 * u), atol=1e-5)
+        assert torch.allclose(feats[0, 3 + k, 5 % h], torch.cos(torch.pi * 4 * u), atol=1e-5)
+        assert torch.allclose(feats[0, 6 + k, :, 1], torch.sin(torch.pi * 4 * v), atol=1e-5)
+        assert torch.allclose(feats[0, 9, :, 0], torch.cos(torch.pi * v), atol=1e-5)
+    with pytest.raises(ValueError, match="octaves"):
+        FourierPosition(4, octaves=0)

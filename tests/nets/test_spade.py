@@ -1,4 +1,4 @@
-"""SPADE generator / multi-scale discriminator tests (METHODS.md §2.6, §2.7, §3.4).
+"""SPADE generator / multi-scale discriminator tests (docs/design.md §4.5, §4.7, §5.4).
 
 Full-size networks are only built on the ``meta`` device (shapes and parameter counts, no
 compute); forward/backward passes use ngf/ndf <= 4 and inputs <= 128 px to stay fast on CPU.

@@ -1,4 +1,4 @@
-"""SinCUT StyleGAN2 networks (METHODS.md §2.5): parameter counts, layer taps, equalised learning
+"""SinCUT StyleGAN2 networks (docs/design.md §4.4): parameter counts, layer taps, equalised learning
 rate, demodulation, noise, input checks and the R1 penalty.
 
 Full-size (ngf 10) shapes are checked on the ``meta`` device (no compute); real forward passes
@@ -38,7 +38,7 @@ def small_g():
 
 
 def test_parameter_counts():
-    # METHODS.md §2.5 measured 3.07 M and 5.89 M (ngf 10, ndf 8, 64 px crops)
+    # docs/design.md §4.4 measured 3.07 M and 5.89 M (ngf 10, ndf 8, 64 px crops)
     assert n_params(StyleGAN2Generator()) == 3_068_404
     assert n_params(StyleGAN2Discriminator()) == 5_885_473
     # D's count follows the crop size through the number of down-sampling blocks and the first

@@ -1,5 +1,6 @@
-"""VGG-19 feature extractor tests (METHODS.md §1.6, §6): layer table, weight sources, freezing,
-preprocessing and gradients. All offline: weight files are written to tmp dirs by the tests.
+"""VGG-19 feature extractor tests (docs/design.md §3.4, §5.5): layer table, weight sources,
+freezing, preprocessing and gradients. All offline: weight files are written to tmp dirs by the
+tests.
 
 Oracles: torchvision's own ``vgg19().features`` module list (layer types and widths), hand-written
 torchvision indices, weights saved by the test itself, and a functional re-implementation of the

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from patchcontrast.config import PRESETS, CUTConfig, resolve_config
+from patchcontrast.nets import FourierPosition
 from patchcontrast.objectives.unpaired import UnpairedObjective
 
 TINY = {"ngf": 8, "ndf": 8, "n_blocks": 6, "netF_nc": 16, "num_patches": 32}
@@ -146,11 +147,13 @@ def test_sesim_loss_is_zero_for_the_source_itself_and_heads_train_only_in_their_
 
 def test_fast_recipe_levers_step_and_keep_the_paper_defaults():
     paper = tiny("cut")
-    assert (paper.residual, paper.diffaugment, paper.ema, paper.lr_d) == (False, (), 0.0, None)
+    assert (paper.residual, paper.diffaugment, paper.ema, paper.lr_d, paper.positional) == (
+        False, (), 0.0, None, 0)
     torch.manual_seed(0)
     cfg = tiny("cut", residual=True, diffaugment=("color", "translation", "cutout"), ema=0.9,
-               lr_d=1e-4, gan_mode="nonsaturating")
+               lr_d=1e-4, gan_mode="nonsaturating", positional=2)
     obj = UnpairedObjective(cfg, crop_size=32)
+    assert any(isinstance(m, FourierPosition) for m in obj.G.net)
     assert {p.name: p.lr for p in obj.phases} == {"D": 1e-4, "G": cfg.lr}
     x = batch()
     assert torch.allclose(obj.translate(x["A"]), x["A"].clamp(-0.999, 0.999), atol=1e-5)
@@ -190,10 +193,11 @@ def test_ema_follows_the_formula():
 @pytest.mark.parametrize("field, value, message", [
     ("ema", 1.0, "ema must be in"), ("lr_d", 0.0, "lr_d must be"),
     ("diffaugment", ("flip",), "diffaugment policies"),
-    ("residual", True, "residual needs"),
+    ("residual", True, "residual needs"), ("positional", 3, "positional needs"),
+    ("positional", -1, "positional"),
 ])
 def test_fast_recipe_levers_are_validated(field, value, message):
-    extra = {"netG": "stylegan2"} if field == "residual" else {}
+    extra = {"netG": "stylegan2"} if field in ("residual", "positional") and value != -1 else {}
     with pytest.raises(ValueError, match=message):
         tiny("cut", **{field: value, **extra})
 

@@ -1,6 +1,6 @@
 """Download the standard CycleGAN / CUT / pix2pix datasets: resumable, verified, extracted.
 
-Sources (METHODS.md §6): unpaired sets from the CycleGAN dataset folder (zip archives), paired
+Sources (docs/design.md §5.5): unpaired sets from the CycleGAN dataset folder (zip archives), paired
 pix2pix sets from the pix2pix dataset folder (tar.gz archives). Downloads go to
 ``<root>/<name>.<ext>.part`` and resume with an HTTP ``Range`` request after an interruption;
 the archive is checked for integrity before anything is extracted, and extraction refuses paths

@@ -1,4 +1,4 @@
-"""Image folders in the CycleGAN / CUT layout (METHODS.md §3.2).
+"""Image folders in the CycleGAN / CUT layout (docs/design.md §5.3).
 
 ``root/trainA``, ``root/trainB``, ``root/testA``, ``root/testB`` hold the two domains; an optional
 ``<folder>_masks`` sibling holds object masks of the same file names (the generated dataset writes
@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
@@ -70,6 +70,37 @@ def check_images(paths: Sequence[Path], on_bad: OnBad = "error") -> list[Path]:
     return good
 
 
+class UnreadableImageError(ValueError):
+    """A file that is no readable image (damaged, empty, of another kind); ``problem`` is the
+    decoder's reason."""
+
+    def __init__(self, path: str | Path, problem: str):
+        super().__init__(f"{path} is not a readable image ({problem}); expected an image file "
+                         "(PNG, JPEG, ...)")
+        self.path, self.problem = path, problem
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """``Image.open`` with the pixels loaded. A file that is no readable image raises
+    :class:`UnreadableImageError` (a one-line ValueError naming it); errors of the file system
+    (missing file, no permission) stay OSErrors."""
+    image = None
+    try:
+        image = Image.open(path)
+        image.load()
+    # PIL reports damaged files with many exception types (OSError, SyntaxError, struct.error,
+    # ...); an OSError with an errno comes from the file system instead
+    except Exception as err:
+        if image is not None:
+            image.close()
+        if isinstance(err, OSError) and err.errno is not None:
+            raise
+        problem = "of no image format known to PIL" if isinstance(
+            err, UnidentifiedImageError) else (str(err) or type(err).__name__).splitlines()[0]
+        raise UnreadableImageError(path, problem) from None
+    return image
+
+
 def load_image(path: str | Path, channels: Literal[1, 3] = 3) -> Image.Image:
     """Load any image as RGB (``channels=3``) or greyscale "L" (``channels=1``).
 
@@ -78,8 +109,7 @@ def load_image(path: str | Path, channels: Literal[1, 3] = 3) -> Image.Image:
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-    with Image.open(path) as img:
-        img.load()
+    with open_image(path) as img:
         if img.mode == "F":
             raise ValueError(f"{path}: floating-point images are not supported")
         if img.mode == "I" or img.mode.startswith("I;16"):

@@ -1,4 +1,4 @@
-"""Paired (aligned) label -> photo data for the SPADE pipeline (METHODS.md §2.6, §3.4, §6).
+"""Paired (aligned) label -> photo data for the SPADE pipeline (docs/design.md §4.5, §5.4, §5.5).
 
 Two layouts:
 
@@ -178,10 +178,11 @@ class PairedDataset(Dataset):
     """Aligned label maps and photos for SPADE-style label -> photo training.
 
     Items: ``label`` int64 (1, H, W) class ids in [0, label_nc] (label_nc only with
-    ``dont_care``: the extra "don't care" class, METHODS.md §2.6), ``image`` float (3, H, W) in
+    ``dont_care``: the extra "don't care" class, docs/design.md §4.5), ``image`` float (3, H, W) in
     [-1, 1], ``path`` the photo (folders) or pair (side_by_side) file.
 
-    Geometry (§3.4, ``resize_and_crop``): training resizes to ``load_size`` and takes a random
+    Geometry (docs/design.md §5.4, ``resize_and_crop``): training resizes to ``load_size`` and
+    takes a random
     ``crop_size`` crop and flip shared by label and photo; ``train=False`` resizes straight to
     ``crop_size`` with no flip. Sizes are ints (square) or (H, W).
 

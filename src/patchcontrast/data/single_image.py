@@ -1,4 +1,5 @@
-"""SinCUT data: crops of one image per domain (upstream ``singleimage`` dataset, METHODS.md §2.5).
+"""SinCUT data: crops of one image per domain (upstream ``singleimage`` dataset;
+docs/design.md §4.4).
 
 Each domain image is loaded once (and, when its longer side exceeds ``load_size``, scaled down
 so that the longer side equals ``load_size``, bilinear, aspect ratio kept). Upstream's
@@ -81,7 +82,8 @@ def _resolve_image(path: str | Path, name: str) -> Path:
 
 
 class SingleImageDataset(Dataset):
-    """SinCUT training crops of one image per domain (METHODS.md §2.5; see the module docstring).
+    """SinCUT training crops of one image per domain (docs/design.md §4.4; see the module
+    docstring).
 
     Items: ``{"A", "B": float (3, crop_size, crop_size) in [-1, 1], "A_path", "B_path"}``;
     ``len`` is ``virtual_size`` (100 000 upstream, i.e. 6 250 batches of 16 per epoch).

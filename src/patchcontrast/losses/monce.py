@@ -162,7 +162,7 @@ def monce_spade_official(
     detach_keys: bool = True,
     reduction: Reduction = "mean",
 ) -> Tensor:
-    r"""The released MoNCE-SPADE loss of the last VGG layer (METHODS.md §1.6, "CoNCE").
+    r"""The released MoNCE-SPADE loss of the last VGG layer (docs/design.md §3.4, "CoNCE").
 
     Not the paper's formula: a 'hard' kernel ``exp(s / eps)`` (eps hard-coded to 1 upstream,
     although the paper uses easy weighting for paired tasks), weights ``f = ot_weight T + 1e-8``

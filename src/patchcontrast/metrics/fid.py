@@ -1,5 +1,5 @@
 """FID and KID between two image folders, with pytorch-fid's Inception as the feature network
-(METHODS.md §4.1, §5.4).
+(docs/design.md §6.1, §7.5).
 
 - FID (Heusel et al., NeurIPS 2017): fit a Gaussian to each set of pool3 features and take
   ``||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))``.

@@ -1,5 +1,5 @@
 """Segmentation scores of translated images under any segmentation model the user supplies
-(METHODS.md §4.4): mIoU, pixel accuracy and mean class accuracy, Cityscapes style.
+(docs/design.md §6.3): mIoU, pixel accuracy and mean class accuracy, Cityscapes style.
 
 The papers score label -> photo translations by segmenting the generated photos with a pretrained
 network (DRN-D-22 for Cityscapes, a UperNet for ADE20K) and comparing with the input labels; none
@@ -18,7 +18,7 @@ of the repos ships that evaluation code, so the protocol here is the standard on
   ``np.nanmean`` in DRN's and most toolkits' code). Class accuracy_c = C_cc / sum_j C_cj over
   classes present in the ground truth; pixel accuracy = trace(C) / sum(C).
 
-The "mAP" of the MoNCE / CUT Cityscapes tables is this mIoU (METHODS.md §4.4).
+The "mAP" of the MoNCE / CUT Cityscapes tables is this mIoU (docs/design.md §6.3).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Sliced Wasserstein distance (SWD) between two image sets, as Progressive GAN defines it and the
-MoNCE paper reports it (METHODS.md §4.2; Karras et al., ICLR 2018, appendix D).
+MoNCE paper reports it (docs/design.md §6.2; Karras et al., ICLR 2018, appendix D).
 
 For every pyramid level, the distribution of local 7x7x3 patches of the real set is compared with
 that of the fake set:
@@ -17,7 +17,7 @@ that of the fake set:
    1-D Wasserstein-1 distance between the projected sets, averaged over directions and repeats,
    x1e3 per level (``swd_<res>``), and the mean over levels (``swd_avg``).
 
-Differences from upstream (METHODS.md §5.4), all deliberate:
+Differences from upstream (docs/design.md §7.5), all deliberate:
 
 - Seeded: centres and directions come from ``numpy.random.default_rng([seed, stream, level])``.
   With ``centres="shared"`` (default) image ``i`` of the real set and image ``i`` of the fake set

@@ -1,6 +1,6 @@
 """Networks: the CUT family's ResNet generator (also the NCE encoder), PatchGAN discriminator,
 patch sampler/projection head; SPADE's generator and multi-scale discriminator; VGG-19 features
-with real weight sources (METHODS.md §2).
+with real weight sources (docs/design.md §4).
 
 :data:`GENERATORS` and :data:`DISCRIMINATORS` map upstream ``netG`` / ``netD`` names to callables
 that build the module from keyword options, e.g. ``GENERATORS["resnet_9blocks"](ngf=32)``.
@@ -14,7 +14,15 @@ from functools import partial
 from torch import nn
 
 from .discriminators import PatchDiscriminator
-from .layers import INIT_KINDS, BlurPool, BlurUpsample, InitKind, ResnetBlock, init_weights
+from .layers import (
+    INIT_KINDS,
+    BlurPool,
+    BlurUpsample,
+    FourierPosition,
+    InitKind,
+    ResnetBlock,
+    init_weights,
+)
 from .projector import PatchSampleMLP
 from .resnet import CUT_LAYERS, ResnetGenerator
 from .spade import (
@@ -64,6 +72,7 @@ __all__ = [
     "INIT_KINDS",
     "BlurPool",
     "BlurUpsample",
+    "FourierPosition",
     "InitKind",
     "PatchDiscriminator",
     "PatchSampleMLP",

@@ -1,4 +1,4 @@
-"""PatchGAN discriminator of the CUT family (METHODS.md §2.2)."""
+"""PatchGAN discriminator of the CUT family (docs/design.md §4.2)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from .layers import BlurPool, init_weights
 
 
 class PatchDiscriminator(nn.Module):
-    """CUT PatchGAN discriminator (``netD=basic``, instance norm), METHODS.md §2.2.
+    """CUT PatchGAN discriminator (``netD=basic``, instance norm), docs/design.md §4.2.
 
     ``(B, input_nc, H, W) -> (B, 1, h, w)`` real/fake logits, one per overlapping patch; a
     256x256 input gives a 30x30 map in both variants. Anti-aliased (default) sequence::
@@ -19,8 +19,8 @@ class PatchDiscriminator(nn.Module):
 
     ``antialias=False`` replaces each [conv s1, ..., BlurPool] by a stride-2 conv (the classic
     pix2pix 70x70 PatchGAN); the parameter count is the same. The anti-aliased receptive field is
-    larger than 70x70 (84x84 by METHODS.md's deduction). Initialised with :func:`init_weights`
-    (xavier-normal, gain 0.02) as in CUT.
+    larger than 70x70 (84x84 by our deduction, docs/design.md §4.2). Initialised with
+    :func:`init_weights` (xavier-normal, gain 0.02) as in CUT.
 
     Args:
         input_nc: image channels.

@@ -1,5 +1,5 @@
 """Building blocks shared by the CUT-family networks: anti-aliased resampling, the residual block
-and the weight initialisation (METHODS.md §2.1, §2.7).
+and the weight initialisation (docs/design.md §4.1, §4.7).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class BlurPool(nn.Module):
 
     ``(B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2))``. The filter has no parameters; it is a
     non-persistent buffer, so it follows ``.to()`` but stays out of the state dict.
-    Source: CUT ``Downsample`` (Zhang 2019, "Making CNNs shift-invariant"), METHODS.md §2.1.
+    Source: CUT ``Downsample`` (Zhang 2019, "Making CNNs shift-invariant"), docs/design.md §4.1.
     """
 
     def __init__(self, channels: int) -> None:
@@ -58,12 +58,12 @@ class BlurPool(nn.Module):
 class BlurUpsample(nn.Module):
     """Anti-aliased 2x up-sampling with the fixed ``[1,3,3,1]⊗[1,3,3,1]`` filter (sum 4).
 
-    ``(B, C, H, W) -> (B, C, 2H, 2W)``. The spec's recipe is: replicate-pad 1, depthwise
-    transposed convolution with stride 2 and padding 2, then crop 1 px on every side. A
+    ``(B, C, H, W) -> (B, C, 2H, 2W)``. The recipe (docs/design.md §4.1) is: replicate-pad 1,
+    depthwise transposed convolution with stride 2 and padding 2, then crop 1 px on every side. A
     transposed convolution's padding *is* a crop of its full output, so the two crops are folded
     into ``padding=3``; every kept output pixel then receives exactly two taps per axis (1+3 or
     3+1, times 1/4 each), which is why a constant image maps to the same constant.
-    Source: CUT ``Upsample``, METHODS.md §2.1.
+    Source: CUT ``Upsample``, docs/design.md §4.1.
     """
 
     def __init__(self, channels: int) -> None:
@@ -87,7 +87,7 @@ class ResnetBlock(nn.Module):
 
     ``block`` = reflect-pad 1, conv 3x3, InstanceNorm, ReLU, (Dropout 0.5), reflect-pad 1,
     conv 3x3, InstanceNorm. Shape-preserving: ``(B, C, H, W) -> (B, C, H, W)``.
-    Source: CUT ``ResnetBlock``, METHODS.md §2.1.
+    Source: CUT ``ResnetBlock``, docs/design.md §4.1.
     """
 
     def __init__(self, channels: int, dropout: bool = False) -> None:
@@ -119,7 +119,7 @@ def init_weights(module: nn.Module, kind: InitKind = "xavier", gain: float = 0.0
     ``"normal"`` (N(0, gain), CycleGAN), ``"kaiming"`` (kaiming-normal, fan-in, ``gain`` unused)
     or ``"orthogonal"`` (with ``gain``). BatchNorm weights are drawn from N(1, gain), biases 0.
     Fixed filters (buffers) are left alone. Returns ``module`` for chaining.
-    Source: CUT ``init_weights``, METHODS.md §2.7.
+    Source: CUT ``init_weights``, docs/design.md §4.7.
     """
     if kind not in INIT_KINDS:
         raise ValueError(f"unknown init kind {kind!r}; choose one of {', '.join(INIT_KINDS)}")
@@ -139,6 +139,41 @@ def init_weights(module: nn.Module, kind: InitKind = "xavier", gain: float = 0.0
             nn.init.normal_(m.weight, 1.0, gain)
             nn.init.zeros_(m.bias)
     return module
+
+
+class FourierPosition(nn.Module):
+    """Adds a learned 1x1 projection of fixed sin/cos features of the pixel position.
+
+    ``(B, C, H, W) -> (B, C, H, W)``. With ``u, v`` the column and row positions scaled to
+    ``[-1, 1]``, the features are ``sin`` and ``cos`` of ``pi 2^k u`` and ``pi 2^k v`` for
+    ``k < octaves`` (``4 octaves`` channels), so the finest has ``2^(octaves-1)`` periods across
+    the image whatever its size. A convolutional generator knows where it is only through its
+    zero/reflection padding, so it cannot paint a regular texture (stripes) onto a flat region
+    quickly; these features hand it one (positional encodings in GANs: Xu et al., "Positional
+    Encoding as Spatial Inductive Bias in GANs", CVPR 2021). The projection starts at zero, so
+    the entry is the identity before training.
+    """
+
+    def __init__(self, channels: int, octaves: int) -> None:
+        super().__init__()
+        if octaves < 1:
+            raise ValueError(f"octaves must be >= 1, got {octaves}")
+        self.octaves = octaves
+        self.proj = nn.Conv2d(4 * octaves, channels, kernel_size=1)
+
+    def features(self, h: int, w: int, like: Tensor) -> Tensor:
+        """The fixed ``(1, 4 octaves, h, w)`` position features."""
+        freqs = torch.pi * 2.0 ** torch.arange(self.octaves, device=like.device, dtype=like.dtype)
+        u = torch.linspace(-1, 1, w, device=like.device, dtype=like.dtype)
+        v = torch.linspace(-1, 1, h, device=like.device, dtype=like.dtype)
+        fu = (freqs[:, None] * u).expand(self.octaves, w)  # (octaves, w)
+        fv = (freqs[:, None] * v).expand(self.octaves, h)  # (octaves, h)
+        cols = torch.cat([fu.sin(), fu.cos()])[:, None, :].expand(-1, h, w)
+        rows = torch.cat([fv.sin(), fv.cos()])[:, :, None].expand(-1, h, w)
+        return torch.cat([cols, rows])[None]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.proj(self.features(*x.shape[-2:], like=x))
 
 
 class TappedGenerator(nn.Module):

@@ -1,4 +1,4 @@
-"""Patch sampler + projection head of the CUT family (METHODS.md §1.1, §2.3)."""
+"""Patch sampler + projection head of the CUT family (docs/design.md §2.2, §4.3)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ NORM_EPS = 1e-7
 
 
 class PatchSampleMLP(nn.Module):
-    """CUT PatchSampleF (``netF=mlp_sample``; ``use_mlp=False`` is ``netF=sample``), §2.3.
+    """CUT PatchSampleF (``netF=mlp_sample``; ``use_mlp=False`` is ``netF=sample``), docs/design.md
+    §4.3.
 
     For every encoder tap l, sample ``P = min(num_patches, H_l * W_l)`` spatial positions, project
     the ``C_l``-dim feature at each through ``Linear(C_l, out) -> ReLU -> Linear(out, out)`` and

@@ -1,4 +1,5 @@
-"""CUT's ResNet generator; its first layers double as the PatchNCE encoder (METHODS.md §1.1, §2.1).
+"""CUT's ResNet generator; its first layers double as the PatchNCE encoder (docs/design.md
+§2.2, §4.1).
 
 Layer indices of the default (anti-aliased) ``resnet_9blocks`` sequence, 256x256 input::
 
@@ -23,15 +24,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .layers import BlurPool, BlurUpsample, ResnetBlock, TappedGenerator, init_weights
+from .layers import (
+    BlurPool,
+    BlurUpsample,
+    FourierPosition,
+    ResnetBlock,
+    TappedGenerator,
+    init_weights,
+)
 
 CUT_LAYERS = (0, 4, 8, 12, 16)
 
 
 class ResnetGenerator(TappedGenerator):
-    """CUT ResnetGenerator (``netG=resnet_9blocks``), METHODS.md §2.1.
+    """CUT ResnetGenerator (``netG=resnet_9blocks``), docs/design.md §4.1.
 
-    Its encoder taps (``encode``, CUT ``encode_only``, METHODS.md §1.1) default to
+    Its encoder taps (``encode``, CUT ``encode_only``, docs/design.md §2.2) default to
     :data:`CUT_LAYERS`; for a ``(B, 3, H, W)`` input they are ``(B, 3, H+6, W+6)``,
     ``(B, 128, H, W)``, ``(B, 256, H/2, W/2)`` and twice ``(B, 256, H/4, W/4)``.
 
@@ -54,6 +62,9 @@ class ResnetGenerator(TappedGenerator):
             and its last conv starts at zero, so ``G(x) = x`` before training (inputs are
             clipped to ``[-0.999, 0.999]`` inside the ``atanh``). Needs ``input_nc ==
             output_nc``. The encoder taps are unchanged. See docs/results.md ("Fast recipe").
+        positional: octaves of :class:`FourierPosition` features added at full resolution,
+            just before the output conv (0: off, as in CUT). A decoder entry, so the encoder
+            taps and their indices are unchanged.
     """
 
     default_layers = CUT_LAYERS
@@ -69,6 +80,7 @@ class ResnetGenerator(TappedGenerator):
         antialias_up: bool = True,
         dropout: bool = False,
         residual: bool = False,
+        positional: int = 0,
     ) -> None:
         super().__init__()
         if n_blocks < 0:
@@ -111,6 +123,8 @@ class ResnetGenerator(TappedGenerator):
                                        output_padding=1),
                     nn.InstanceNorm2d(c // 2), nn.ReLU(), out=c // 2)
             c //= 2
+        if positional:
+            add(FourierPosition(c, positional), out=c)
         add(nn.ReflectionPad2d(3), out=c)
         # residual: the Tanh moves to forward (after the skip); Identity keeps the indices
         add(nn.Conv2d(c, output_nc, kernel_size=7), nn.Identity() if residual else nn.Tanh(),
@@ -119,6 +133,9 @@ class ResnetGenerator(TappedGenerator):
         self.net = nn.Sequential(*layers)
         self._channels = tuple(channels)
         init_weights(self, "xavier", 0.02)
+        for layer in layers:  # after init_weights: the position features start switched off
+            if isinstance(layer, FourierPosition):
+                nn.init.zeros_(layer.proj.weight)
         if residual:
             nn.init.zeros_(layers[-2].weight)  # r(x) = 0: the generator starts as the identity
 

@@ -1,10 +1,12 @@
-"""SPADE generator, multi-scale PatchGAN discriminator and their helpers (METHODS.md §2.6, §2.7).
+"""SPADE generator, multi-scale PatchGAN discriminator and their helpers (docs/design.md §4.5,
+§4.7).
 
 Paper: Park et al., "Semantic Image Synthesis with Spatially-Adaptive Normalization", CVPR 2019,
 in the configuration MoNCE-SPADE trains (``netG=spade``, ``norm_G=spectralspadesyncbatch3x3``,
 ``netD=multiscale``, ``norm_D=spectralinstance``, no VAE).
 
-Initialisation (§2.7): plain convolutions get xavier-normal with gain 0.02. Convolutions wrapped
+Initialisation (docs/design.md §4.7): plain convolutions get xavier-normal with gain 0.02.
+Convolutions wrapped
 in spectral norm deliberately keep PyTorch's default weight init (biases are zeroed). This is what
 SPADE effectively does (its init writes into the derived weight, which the spectral-norm
 re-parametrisation recomputes), and it is also the sensible choice: ``W / sigma(W)`` cancels the
@@ -92,7 +94,7 @@ class SPADE(nn.Module):
     ``affine=False``); ``gamma`` and ``beta`` are ``(B, C, H, W)`` maps predicted from the label
     map, first resized to ``x``'s ``(H, W)`` with nearest interpolation, by a shared
     ``conv(label_nc -> hidden) + ReLU`` followed by two ``conv(hidden -> C)``. The ``1 +`` makes
-    zero-output convs an identity modulation. Park et al. 2019, eq. 1; METHODS.md §2.6.
+    zero-output convs an identity modulation. Park et al. 2019, eq. 1; docs/design.md §4.5.
 
     Shapes: ``x (B, C, H, W)``, ``seg (B, label_nc, h, w)`` one-hot or soft -> ``(B, C, H, W)``.
     """
@@ -127,7 +129,7 @@ class SPADEResBlock(nn.Module):
     Main path: SPADE -> LReLU(0.2) -> conv3x3(fin -> fmid) -> SPADE -> LReLU -> conv3x3(fmid ->
     fout), ``fmid = min(fin, fout)``. Shortcut: identity when ``fin == fout``, else its own SPADE
     -> conv1x1 without bias or activation. ``spectral`` wraps all three convs in spectral norm
-    (``norm_G=spectral...``). Park et al. 2019, Fig. 4; METHODS.md §2.6.
+    (``norm_G=spectral...``). Park et al. 2019, Fig. 4; docs/design.md §4.5.
     """
 
     def __init__(self, fin: int, fout: int, label_nc: int, *, norm: SpadeNorm = "batch",
@@ -153,7 +155,7 @@ class SPADEResBlock(nn.Module):
 
 class SPADEGenerator(nn.Module):
     """SPADE generator without VAE: one-hot label map ``(B, label_nc, H, W)`` -> ``(B, C, H, W)``
-    in ``[-1, 1]`` (tanh), ``C = output_nc``. Park et al. 2019, Fig. 5; METHODS.md §2.6.
+    in ``[-1, 1]`` (tanh), ``C = output_nc``. Park et al. 2019, Fig. 5; docs/design.md §4.5.
 
     The start grid is ``(H / 2^k, W / 2^k)`` with ``k = 5, 6, 7`` for ``num_upsampling_layers``
     ``"normal"``, ``"more"``, ``"most"``, so any ``H, W`` divisible by ``2^k`` work, also
@@ -267,7 +269,7 @@ class _NLayerDiscriminator(nn.Module):
 
 
 class MultiscaleDiscriminator(nn.Module):
-    """pix2pixHD/SPADE multi-scale PatchGAN discriminator, METHODS.md §2.6.
+    """pix2pixHD/SPADE multi-scale PatchGAN discriminator, docs/design.md §4.5.
 
     ``x (B, in_channels, H, W)`` (concatenated one-hot label [+ don't-care] and image, so
     ``in_channels = label_nc + 3``) -> one list per scale; each list holds the ``n_layers + 1``

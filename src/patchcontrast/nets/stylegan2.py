@@ -1,7 +1,7 @@
 """SinCUT networks: a StyleGAN2-style encoder-decoder generator and a global discriminator.
 
 Blocks follow StyleGAN2 (Karras et al. 2020, "Analyzing and Improving the Image Quality of
-StyleGAN") as CUT's single-image model uses them (METHODS.md §2.5):
+StyleGAN") as CUT's single-image model uses them (docs/design.md §4.4):
 
 - equalised learning rate: weights stored as N(0, 1) draws, multiplied at run time by
   ``1/sqrt(fan_in)``, so Adam's step sizes are alike in every layer;
@@ -248,7 +248,7 @@ def _is_power_of_two(n: object) -> bool:
 
 
 class StyleGAN2Generator(TappedGenerator):
-    """SinCUT generator (``netG=stylegan2``, METHODS.md §2.5), fully convolutional.
+    """SinCUT generator (``netG=stylegan2``, docs/design.md §4.4), fully convolutional.
 
     ``(B, input_nc, H, W) -> (B, output_nc, H, W)`` for any H, W divisible by
     ``max(4, 2**n_downsampling)``: trained on 64x64 crops, it translates the full image at test.
@@ -323,7 +323,7 @@ class StyleGAN2Generator(TappedGenerator):
 
 
 class StyleGAN2Discriminator(nn.Module):
-    """SinCUT discriminator (``netD=stylegan2``, METHODS.md §2.5): one logit per image.
+    """SinCUT discriminator (``netD=stylegan2``, docs/design.md §4.4): one logit per image.
 
     ``(B, input_nc, size, size) -> (B, 1)``. A 1x1 ConvLayer to ``channels[size]``, blur-
     downsampling StyleResBlocks down to 4x4, a 3x3 ConvLayer, then two equalised linear layers
@@ -368,7 +368,7 @@ def r1_penalty(real_pred: Tensor, real_images: Tensor) -> Tensor:
 
     ``real_pred``: D's outputs on ``real_images`` (any shape, summed, so each image's gradient is
     that of its own logit); ``real_images``: ``(B, ...)`` with ``requires_grad`` set before D was
-    run. The caller multiplies by ``lambda_R1`` (SinCUT: 1, every D step, METHODS.md §1.3). The
+    run. The caller multiplies by ``lambda_R1`` (SinCUT: 1, every D step, docs/design.md §3.6). The
     gradient is built with ``create_graph=True``, so backpropagating the penalty trains D.
     Returns a scalar.
     """

