@@ -387,11 +387,17 @@ def test_the_page_in_a_browser_shows_the_translation_that_translate_writes(model
                     params={"model": key, "name": "noise.png"}, trust_env=False, timeout=60)))
                 client.start()
                 wait_for(lambda: lock.waiting == 2, what="the page's and the client's requests")
+                # the upload is complete and the translation waits: the progress bar is full
+                WebDriverWait(browser, 30).until(lambda b: b.find_element(
+                    By.ID, "message").text == "translating")
+                progress = browser.find_element(By.ID, "progress")
+                assert progress.is_displayed() and float(progress.get_attribute("value")) == 1
             client.join(timeout=60)
             WebDriverWait(browser, 60).until(lambda b: b.find_element(
                 By.TAG_NAME, "body").get_attribute("data-state") in ("done", "error"))
             message = browser.find_element(By.ID, "message").text
             assert message == f"translated {upload.name} with {key}"
+            assert not browser.find_element(By.ID, "progress").is_displayed()
             shown = base64.b64decode(browser.execute_async_script(FETCH_IMAGE, "output-image"))
             np.testing.assert_array_equal(pixels(shown), translated(model.source, upload))
             np.testing.assert_array_equal(pixels(other["answer"].content),
