@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # reproducible; these releases install from the machine's local wheel cache.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint bench clean browser
+.PHONY: demo test lint format bench clean browser
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,13 +34,18 @@ browser:
 	  >/dev/null; } || \
 	echo "warning: could not install chromium and chromium-driver: the browser test will skip"
 
+# ruff format is the one code style: `make format` applies it, `make test` checks it.
 test: $(VENV)/.test browser
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks hubconf.py
+	$(PY) -m ruff format --check src tests benchmarks hubconf.py
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.test
-	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks hubconf.py
+	$(PY) -m ruff format --check src tests benchmarks hubconf.py
+
+format: $(VENV)/.test
+	$(PY) -m ruff format src tests benchmarks hubconf.py
 
 bench: $(VENV)/.base
 	$(PY) benchmarks/losses.py

@@ -18,8 +18,9 @@ def peak_mib(fn, device: str) -> float:
         torch.cuda.reset_peak_memory_stats()
         fn()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                profile_memory=True) as prof:
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
         fn()
     current = peak = 0
     for event in sorted(prof.events(), key=lambda e: e.time_range.start):

@@ -97,15 +97,19 @@ def main() -> None:
     parser.add_argument("--device", nargs="+", default=default_devices)
     args = parser.parse_args()
 
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"{LAYERS} layers x (B, {PATCHES}, {CHANNELS}) float32, forward+backward")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"{LAYERS} layers x (B, {PATCHES}, {CHANNELS}) float32, forward+backward"
+    )
     for device in args.device:
         name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
         for batch in args.batch:
             qs, ks = features(batch, device)
             print(f"\n{name}, B = {batch}")
-            print(f"| {'loss':40s} | {'time ms':>8s} | {'x patch_nce':>11s} | {'peak MiB':>8s} "
-                  f"| {'x patch_nce':>11s} |")
+            print(
+                f"| {'loss':40s} | {'time ms':>8s} | {'x patch_nce':>11s} | {'peak MiB':>8s} "
+                f"| {'x patch_nce':>11s} |"
+            )
             print(f"|{'-' * 42}|{'-' * 10}|{'-' * 13}|{'-' * 10}|{'-' * 13}|")
             times = time_all(LOSSES, qs, ks, args.repeats, device)
             base_t = base_m = None
@@ -113,8 +117,10 @@ def main() -> None:
                 t = times[label]
                 m = peak_mib(lambda: step(fn, qs, ks), device)  # noqa: B023
                 base_t, base_m = base_t or t, base_m or m
-                print(f"| {label:40s} | {t:8.2f} | {t / base_t:11.2f} | {m:8.1f} "
-                      f"| {m / base_m:11.2f} |")
+                print(
+                    f"| {label:40s} | {t:8.2f} | {t / base_t:11.2f} | {m:8.1f} "
+                    f"| {m / base_m:11.2f} |"
+                )
 
 
 if __name__ == "__main__":

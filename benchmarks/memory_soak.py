@@ -30,19 +30,52 @@ import time
 from pathlib import Path
 
 CASES = {
-    "CUT (PatchNCE)": ("cut", ["model.ngf=8", "model.ndf=8", "model.netF_nc=16",
-                               "model.num_patches=32", "model.n_blocks=1"]),
-    "CUT + MoNCE": ("cut-monce", ["model.ngf=8", "model.ndf=8", "model.netF_nc=16",
-                                  "model.num_patches=32", "model.n_blocks=1"]),
-    "SPADE + MoNCE": ("spade-monce", ["model.ngf=4", "model.ndf=4", "model.n_layers_d=2",
-                                      "model.num_patches=16", "model.vgg_source=random",
-                                      "model.allow_random_vgg=true",
-                                      "train.batch_size=2"]),  # BatchNorm needs 2
+    "CUT (PatchNCE)": (
+        "cut",
+        [
+            "model.ngf=8",
+            "model.ndf=8",
+            "model.netF_nc=16",
+            "model.num_patches=32",
+            "model.n_blocks=1",
+        ],
+    ),
+    "CUT + MoNCE": (
+        "cut-monce",
+        [
+            "model.ngf=8",
+            "model.ndf=8",
+            "model.netF_nc=16",
+            "model.num_patches=32",
+            "model.n_blocks=1",
+        ],
+    ),
+    "SPADE + MoNCE": (
+        "spade-monce",
+        [
+            "model.ngf=4",
+            "model.ndf=4",
+            "model.n_layers_d=2",
+            "model.num_patches=16",
+            "model.vgg_source=random",
+            "model.allow_random_vgg=true",
+            "train.batch_size=2",
+        ],
+    ),  # BatchNorm needs 2
 }
-COMMON = ["data.load_size=36", "data.crop_size=32", "data.builtin_train=8",
-          "data.builtin_test=4", "train.batch_size=1", "train.device=cpu",
-          "train.schedule_unit=step", "train.log_every=50", "train.sample_every=500",
-          "train.checkpoint_every=500", "train.keep_last=2"]
+COMMON = [
+    "data.load_size=36",
+    "data.crop_size=32",
+    "data.builtin_train=8",
+    "data.builtin_test=4",
+    "train.batch_size=1",
+    "train.device=cpu",
+    "train.schedule_unit=step",
+    "train.log_every=50",
+    "train.sample_every=500",
+    "train.checkpoint_every=500",
+    "train.keep_last=2",
+]
 TOLERANCE = 0.05
 
 
@@ -77,30 +110,41 @@ class Probe:
         return self.dataset[i]
 
 
-def soak_training(preset: str, overrides: list[str], iterations: int, early: int,
-                  root: Path) -> dict:
+def soak_training(
+    preset: str, overrides: list[str], iterations: int, early: int, root: Path
+) -> dict:
     import torch
 
     from patchcontrast import pipeline
     from patchcontrast.config import resolve_config
     from patchcontrast.trainer import Trainer
 
-    cfg = resolve_config(preset, "cpu", run_dir=str(root / "run"), overrides=[
-        *COMMON, *overrides, f"train.n_epochs={iterations}", "train.n_epochs_decay=0"])
+    cfg = resolve_config(
+        preset,
+        "cpu",
+        run_dir=str(root / "run"),
+        overrides=[*COMMON, *overrides, f"train.n_epochs={iterations}", "train.n_epochs_decay=0"],
+    )
     train_set, test_set = pipeline.build_datasets(cfg)
     torch.manual_seed(0)
     objective = pipeline.build_objective(cfg)
     probe = Probe(train_set, early * cfg.train.batch_size)
     extra = {k: v for k, v in cfg.to_dict().items() if k != "train"}
-    trainer = Trainer(objective, probe, cfg.train, sample_batch=pipeline.sample_batch(test_set),
-                      extra_config=extra)
+    trainer = Trainer(
+        objective,
+        probe,
+        cfg.train,
+        sample_batch=pipeline.sample_batch(test_set),
+        extra_config=extra,
+    )
     start = time.perf_counter()
     trainer.fit()
     return {"early": probe.rss, "late": rss_mib(), "seconds": time.perf_counter() - start}
 
 
-def soak_translation(preset: str, overrides: list[str], images: int, early: int,
-                     root: Path) -> dict:
+def soak_translation(
+    preset: str, overrides: list[str], images: int, early: int, root: Path
+) -> dict:
     """Translate ``images`` copies of the built-in test images with an untrained model of the
     preset (the weights do not matter for memory); RSS after ``early`` and after all."""
     import shutil
@@ -111,8 +155,12 @@ def soak_translation(preset: str, overrides: list[str], images: int, early: int,
     from patchcontrast.config import resolve_config
     from patchcontrast.runstate import atomic_save
 
-    cfg = resolve_config(preset, "cpu", run_dir=str(root / "run"), overrides=[
-        *COMMON, *overrides, "train.n_epochs=1", "train.n_epochs_decay=0"])
+    cfg = resolve_config(
+        preset,
+        "cpu",
+        run_dir=str(root / "run"),
+        overrides=[*COMMON, *overrides, "train.n_epochs=1", "train.n_epochs_decay=0"],
+    )
     source = pipeline.data_root(cfg.data) / "testA"
     folder = root / "inputs"
     folder.mkdir()
@@ -122,8 +170,10 @@ def soak_translation(preset: str, overrides: list[str], images: int, early: int,
     torch.manual_seed(0)
     objective = pipeline.build_objective(cfg)
     (root / "run" / "checkpoints").mkdir(parents=True)
-    atomic_save({"objective": objective.state_dict(), "config": cfg.to_dict(), "step": 0},
-                root / "run" / "checkpoints" / "step_00000000.pt")
+    atomic_save(
+        {"objective": objective.state_dict(), "config": cfg.to_dict(), "step": 0},
+        root / "run" / "checkpoints" / "step_00000000.pt",
+    )
     flush, done, rss = pipeline._flush, [0], {}
 
     def counting(*args):  # translates and writes one batch of images of equal size
@@ -167,17 +217,35 @@ def main() -> None:
         return child(args)
     jobs = [(name, False, f"train {args.iterations} iterations") for name in CASES]
     jobs.append(("CUT (PatchNCE)", True, f"translate {args.images} images"))
-    print(f"| case | what | RSS after {args.early} (MiB) | RSS at the end (MiB) | change | "
-          f"within {TOLERANCE:.0%} | seconds |\n|---|---|---:|---:|---:|---|---:|", flush=True)
+    print(
+        f"| case | what | RSS after {args.early} (MiB) | RSS at the end (MiB) | change | "
+        f"within {TOLERANCE:.0%} | seconds |\n|---|---|---:|---:|---:|---|---:|",
+        flush=True,
+    )
     for name, translate, what in jobs:
-        argv = [sys.executable, __file__, "--case", name, "--iterations", str(args.iterations),
-                "--early", str(args.early), "--images", str(args.images),
-                "--threads", str(args.threads), *(["--translate"] if translate else [])]
+        argv = [
+            sys.executable,
+            __file__,
+            "--case",
+            name,
+            "--iterations",
+            str(args.iterations),
+            "--early",
+            str(args.early),
+            "--images",
+            str(args.images),
+            "--threads",
+            str(args.threads),
+            *(["--translate"] if translate else []),
+        ]
         out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
         change = r["late"] / r["early"] - 1
-        print(f"| {name} | {what} | {r['early']:.1f} | {r['late']:.1f} | {change:+.1%} | "
-              f"{'yes' if abs(change) <= TOLERANCE else 'NO'} | {r['seconds']:.0f} |", flush=True)
+        print(
+            f"| {name} | {what} | {r['early']:.1f} | {r['late']:.1f} | {change:+.1%} | "
+            f"{'yes' if abs(change) <= TOLERANCE else 'NO'} | {r['seconds']:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,9 @@ class RandomFIDInception(torch.nn.Module):
         from pytorch_fid import inception
 
         with mock.patch.object(inception, "fid_inception_v3", random_fid_inception):
-            self.net = inception.InceptionV3([3], resize_input=True, normalize_input=True,
-                                             use_fid_inception=True)
+            self.net = inception.InceptionV3(
+                [3], resize_input=True, normalize_input=True, use_fid_inception=True
+            )
         self.eval()
 
     def forward(self, x):
@@ -69,8 +70,9 @@ def timed(fn):
 def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        gen = write_generated_dataset(Path(tmp) / "gen", n_train=1, n_test=140, size=256,
-                                      progress=False)
+        gen = write_generated_dataset(
+            Path(tmp) / "gen", n_train=1, n_test=140, size=256, progress=False
+        )
         if H2Z.is_dir():
             real, fake, source = H2Z / "testB", H2Z / "testA", "horse2zebra testB vs testA"
         else:
@@ -80,21 +82,25 @@ def main() -> None:
                 os.link(p, fake / p.name)
             real, source = gen / "testB", "built-in testB vs testA[:120]"
         n_real, n_fake = len(list_images(real)), len(list_images(fake))
-        print(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}; {source} "
-              f"({n_real} vs {n_fake} images, 256 px)")
+        print(
+            f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}; {source} "
+            f"({n_real} vs {n_fake} images, 256 px)"
+        )
         rows = []
         seconds, _ = timed(lambda: swd_from_folders(real, fake, size=256, progress=False))
         rows.append(("SWD (x1e3, 5 levels, 256 px)", seconds))
         seconds, net = timed(RandomFIDInception)
         rows.append(("FID network construction", seconds))
         for method in ("sqrtm", "eigh"):
-            seconds, _ = timed(lambda m=method: fid_from_folders(real, fake, model=net,
-                                                                 fid_method=m, progress=False))
+            seconds, _ = timed(
+                lambda m=method: fid_from_folders(
+                    real, fake, model=net, fid_method=m, progress=False
+                )
+            )
             rows.append((f"FID + KID, features + {method} (Inception arch.)", seconds))
         masks = list_images(gen / "testA_masks")[:120]
         images = list_images(gen / "testA")[:120]
-        as_uint8 = [torch.from_numpy(np.array(load_image(p, 3))).permute(2, 0, 1)
-                    for p in images]
+        as_uint8 = [torch.from_numpy(np.array(load_image(p, 3))).permute(2, 0, 1) for p in images]
         sources = [torch.from_numpy(np.array(load_image(p, 1)) > 127) for p in masks]
         seconds, _ = timed(lambda: content_score(sources, as_uint8))
         rows.append(("content IoU (built-in, 120 images)", seconds))

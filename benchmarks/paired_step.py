@@ -34,12 +34,16 @@ def main() -> None:
     vgg = [f"model.vgg_source={source}", "model.allow_random_vgg=true"]
     scales = [("cpu", 64, 4)] + ([("paper", 256, 1)] if args.paper else [])
     name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
-    print(f"torch {torch.__version__}, {name}, threads {torch.get_num_threads()}; VGG weights: "
-          f"{source}; median of {args.repeats} iterations; peak memory of one iteration")
+    print(
+        f"torch {torch.__version__}, {name}, threads {torch.get_num_threads()}; VGG weights: "
+        f"{source}; median of {args.repeats} iterations; peak memory of one iteration"
+    )
     for scale, size, batch_size in scales:
         g = torch.Generator().manual_seed(0)
-        batch = {"label": torch.randint(0, 8, (batch_size, 1, size, size), generator=g),
-                 "image": torch.rand(batch_size, 3, size, size, generator=g) * 2 - 1}
+        batch = {
+            "label": torch.randint(0, 8, (batch_size, 1, size, size), generator=g),
+            "image": torch.rand(batch_size, 3, size, size, generator=g) * 2 - 1,
+        }
         batch = {k: v.to(args.device) for k, v in batch.items()}
         steps = {}
         for preset in PAIRED_PRESETS:
@@ -55,8 +59,10 @@ def main() -> None:
         print(f"|{'-' * 24}|{'-' * 9}|{'-' * 10}|{'-' * 11}|")
         for preset, seconds in times.items():
             peak = peak_mib(steps[preset], args.device)
-            print(f"| {preset:22s} | {seconds:7.3f} | {seconds / times['spade-percep']:8.2f} | "
-                  f"{peak:9.1f} |")
+            print(
+                f"| {preset:22s} | {seconds:7.3f} | {seconds / times['spade-percep']:8.2f} | "
+                f"{peak:9.1f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -85,9 +85,15 @@ def worker(args: argparse.Namespace) -> None:
         if args.mode == "whole":
             y = translate(x)
         else:
-            y = translate_tiled(translate, x, tile=args.tile, overlap=args.overlap,
-                                multiple=size_multiple(generator), generator=generator,
-                                stats=args.mode)
+            y = translate_tiled(
+                translate,
+                x,
+                tile=args.tile,
+                overlap=args.overlap,
+                multiple=size_multiple(generator),
+                generator=generator,
+                stats=args.mode,
+            )
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     np.save(args.out, y.numpy())
@@ -95,10 +101,25 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace, size: int, mode: str, out: Path) -> dict:
-    command = [sys.executable, __file__, "--worker", "--generator", args.generator,
-               "--size", str(size), "--mode", mode, "--tile", str(args.tile),
-               "--overlap", str(args.overlap), "--threads", str(args.threads), "--out",
-               str(out)]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--generator",
+        args.generator,
+        "--size",
+        str(size),
+        "--mode",
+        mode,
+        "--tile",
+        str(args.tile),
+        "--overlap",
+        str(args.overlap),
+        "--threads",
+        str(args.threads),
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -109,8 +130,13 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--overlap", type=int, default=128)
-    parser.add_argument("--stats", nargs="+", choices=("tile", "image"),
-                        default=["tile", "image"], help="tiled variants to run")
+    parser.add_argument(
+        "--stats",
+        nargs="+",
+        choices=("tile", "image"),
+        default=["tile", "image"],
+        help="tiled variants to run",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the rows here")
     # worker mode (one translation in a subprocess)
@@ -123,10 +149,14 @@ def main() -> None:
         worker(args)
         return
     rows = []
-    print(f"generator {args.generator}, tile {args.tile}, overlap {args.overlap}, "
-          f"{args.threads} threads")
-    print(f"{'size':>6} {'mode':>12} {'seconds':>8} {'peak MiB':>9} {'above base':>10} "
-          f"{'mean |d|':>9} {'max |d|':>8} {'PSNR dB':>8}")
+    print(
+        f"generator {args.generator}, tile {args.tile}, overlap {args.overlap}, "
+        f"{args.threads} threads"
+    )
+    print(
+        f"{'size':>6} {'mode':>12} {'seconds':>8} {'peak MiB':>9} {'above base':>10} "
+        f"{'mean |d|':>9} {'max |d|':>8} {'PSNR dB':>8}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             whole_file = Path(tmp) / f"whole{size}.npy"
@@ -138,19 +168,34 @@ def main() -> None:
                 stats = run(args, size, mode, file)
                 results.append((f"tiles/{mode}", stats, np.load(file)))
             for mode, stats, y in results:
-                row = {"size": size, "mode": mode, "generator": args.generator,
-                       "tile": args.tile, "overlap": args.overlap, **stats,
-                       "above_base_mib": stats["peak_mib"] - stats["base_mib"]}
+                row = {
+                    "size": size,
+                    "mode": mode,
+                    "generator": args.generator,
+                    "tile": args.tile,
+                    "overlap": args.overlap,
+                    **stats,
+                    "above_base_mib": stats["peak_mib"] - stats["base_mib"],
+                }
                 if y is not None:
                     diff = np.abs(y.astype(np.float64) - whole) * 127.5
-                    mse = float((diff ** 2).mean())
-                    row.update(mean_abs=float(diff.mean()), max_abs=float(diff.max()),
-                               psnr=10 * math.log10(255 ** 2 / mse) if mse else math.inf)
+                    mse = float((diff**2).mean())
+                    row.update(
+                        mean_abs=float(diff.mean()),
+                        max_abs=float(diff.max()),
+                        psnr=10 * math.log10(255**2 / mse) if mse else math.inf,
+                    )
                 rows.append(row)
-                d = (f"{row['mean_abs']:9.3f} {row['max_abs']:8.2f} {row['psnr']:8.1f}"
-                     if y is not None else f"{'-':>9} {'-':>8} {'-':>8}")
-                print(f"{size:6d} {mode:>12} {row['seconds']:8.1f} {row['peak_mib']:9.0f} "
-                      f"{row['above_base_mib']:10.0f} {d}", flush=True)
+                d = (
+                    f"{row['mean_abs']:9.3f} {row['max_abs']:8.2f} {row['psnr']:8.1f}"
+                    if y is not None
+                    else f"{'-':>9} {'-':>8} {'-':>8}"
+                )
+                print(
+                    f"{size:6d} {mode:>12} {row['seconds']:8.1f} {row['peak_mib']:9.0f} "
+                    f"{row['above_base_mib']:10.0f} {d}",
+                    flush=True,
+                )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -65,43 +65,69 @@ def run_one(args, preset: str, scale: str, seed: int, out: Path) -> list[dict]:
         every = max(1, plan["iterations"] // args.checkpoints)
         from patchcontrast.config import replace
 
-        cfg = replace(cfg, train={"checkpoint_every": every, "sample_every": every,
-                                  "log_every": min(every, 10)})
+        cfg = replace(
+            cfg,
+            train={"checkpoint_every": every, "sample_every": every, "log_every": min(every, 10)},
+        )
         start = time.perf_counter()
         pipeline.train(cfg)
         print(f"trained in {time.perf_counter() - start:.0f} s", flush=True)
-    metrics = ["swd", "content", "domain"] if cfg.data.dataroot == "builtin" else \
-        ["swd", *(["domain"] if args.domain else [])]
-    evaluate.evaluate_run(run_dir, metrics=metrics, progress=False,
-                          domain_data=args.dataroot if args.domain else None)
+    metrics = (
+        ["swd", "content", "domain"]
+        if cfg.data.dataroot == "builtin"
+        else ["swd", *(["domain"] if args.domain else [])]
+    )
+    evaluate.evaluate_run(
+        run_dir, metrics=metrics, progress=False, domain_data=args.dataroot if args.domain else None
+    )
     with open(run_dir / "eval" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    return [{"preset": preset, "scale": label, "seed": seed, "step": int(r["step"]),
-             "minutes": round(training_minutes(run_dir, int(r["step"])), 2),
-             **{k: float(v) for k, v in r.items() if k != "step"}} for r in rows]
+    return [
+        {
+            "preset": preset,
+            "scale": label,
+            "seed": seed,
+            "step": int(r["step"]),
+            "minutes": round(training_minutes(run_dir, int(r["step"])), 2),
+            **{k: float(v) for k, v in r.items() if k != "step"},
+        }
+        for r in rows
+    ]
 
 
 def baseline(args, out: Path) -> dict:
     """The untranslated test inputs scored like the translations."""
-    cfg = resolve_config("cut", "fast", overrides=[f"data.dataroot={args.dataroot}"]
-                         if args.dataroot else [])
+    cfg = resolve_config(
+        "cut", "fast", overrides=[f"data.dataroot={args.dataroot}"] if args.dataroot else []
+    )
     source, target, masks = evaluate._test_split(cfg, out)
-    metrics = ["swd", "content", "domain"] if cfg.data.dataroot == "builtin" else \
-        ["swd", *(["domain"] if args.domain else [])]
-    result = evaluate.evaluate_folders(target, source, metrics=metrics,
-                                       masks=masks if masks and masks.is_dir() else None,
-                                       swd_size=cfg.data.crop_size, progress=False,
-                                       domain_data=args.dataroot if args.domain else None)
+    metrics = (
+        ["swd", "content", "domain"]
+        if cfg.data.dataroot == "builtin"
+        else ["swd", *(["domain"] if args.domain else [])]
+    )
+    result = evaluate.evaluate_folders(
+        target,
+        source,
+        metrics=metrics,
+        masks=masks if masks and masks.is_dir() else None,
+        swd_size=cfg.data.crop_size,
+        progress=False,
+        domain_data=args.dataroot if args.domain else None,
+    )
     if "domain" in result["settings"]:
         print(f"domain classifier: {result['settings']['domain']}")
     return {**result["metrics"], "classifier": result["settings"].get("domain")}
 
 
 def summarise(rows: list[dict], base: dict, keys: list[str]) -> str:
-    lines = ["| preset | scale | minutes | steps | " + " | ".join(keys) + " |",
-             "|---|---|---:|---:|" + "---:|" * len(keys)]
-    lines.append("| untranslated input | – | – | – | " +
-                 " | ".join(f"{base[k]:.3f}" for k in keys) + " |")
+    lines = [
+        "| preset | scale | minutes | steps | " + " | ".join(keys) + " |",
+        "|---|---|---:|---:|" + "---:|" * len(keys),
+    ]
+    lines.append(
+        "| untranslated input | – | – | – | " + " | ".join(f"{base[k]:.3f}" for k in keys) + " |"
+    )
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["preset"], r["scale"], r["seed"]), []).append(r)
@@ -116,8 +142,11 @@ def summarise(rows: list[dict], base: dict, keys: list[str]) -> str:
             cells.append(f"{statistics.mean(values):.3f}{spread}")
         minutes = statistics.mean(r["minutes"] for r in last)
         steps = "/".join(str(r["step"]) for r in last)  # per seed: each run times its own plan
-        lines.append(f"| {preset} | {scale} (n={len(last)}) | {minutes:.1f} | {steps} | "
-                     + " | ".join(cells) + " |")
+        lines.append(
+            f"| {preset} | {scale} (n={len(last)}) | {minutes:.1f} | {steps} | "
+            + " | ".join(cells)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -136,9 +165,15 @@ def plot(rows: list[dict], base: dict, keys: list[str], path: Path) -> None:
         for (preset, scale, seed), points in runs.items():
             points.sort(key=lambda r: r["step"])
             colour = colours.setdefault((preset, scale), f"C{len(colours)}")
-            ax.plot([p["minutes"] for p in points], [p[key] for p in points], marker="o",
-                    ms=3, color=colour, alpha=0.8,
-                    label=f"{preset} {scale}" if seed == min(s for _, _, s in runs) else None)
+            ax.plot(
+                [p["minutes"] for p in points],
+                [p[key] for p in points],
+                marker="o",
+                ms=3,
+                color=colour,
+                alpha=0.8,
+                label=f"{preset} {scale}" if seed == min(s for _, _, s in runs) else None,
+            )
         ax.axhline(base[key], color="k", ls="--", lw=1, label="untranslated input")
         ax.set_xlabel("training minutes")
         ax.set_title(key)
@@ -157,11 +192,20 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=4.0, help="training budget per run")
     parser.add_argument("--checkpoints", type=int, default=8, help="checkpoints per run")
     parser.add_argument("--dataroot", default=None, help="dataset folder (default: built-in)")
-    parser.add_argument("--domain", action="store_true",
-                        help="real data: score with a classifier trained on trainA/trainB")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="a config override for every run (an ablation "
-                        "lever, e.g. model.residual=true); repeatable")
+    parser.add_argument(
+        "--domain",
+        action="store_true",
+        help="real data: score with a classifier trained on trainA/trainB",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every run (an ablation "
+        "lever, e.g. model.residual=true); repeatable",
+    )
     parser.add_argument("--label", default="", help="names the overrides in the tables")
     parser.add_argument("--out", default="runs/time_to_quality")
     args = parser.parse_args()

@@ -49,8 +49,14 @@ from patchcontrast.trainer import apply_switches  # noqa: E402
 # the module, not the function of the same name that patchcontrast.losses exports
 monce_module = importlib.import_module("patchcontrast.losses.monce")
 SECTIONS = ("compare", "profile", "switches", "memory")
-PARTS = ("generator", "discriminator", "feature sampling", "contrastive loss", "Sinkhorn",
-         "optimizer")
+PARTS = (
+    "generator",
+    "discriminator",
+    "feature sampling",
+    "contrastive loss",
+    "Sinkhorn",
+    "optimizer",
+)
 
 
 class UpstreamStyle(UnpairedObjective):
@@ -75,11 +81,17 @@ def make_step(objective: UnpairedObjective, batch: dict, amp: torch.dtype | None
     """One Trainer iteration (Adam per phase, frozen modules per phase); ``amp``: autocast dtype
     (float16 adds a GradScaler per phase, as the Trainer does)."""
     device = next(objective.parameters()).device.type
-    optims = {p.name: torch.optim.Adam([q for m in p.modules
-                                        for q in getattr(objective, m).parameters()],
-                                       lr=p.lr, betas=p.betas) for p in objective.phases}
-    scalers = {p.name: torch.amp.GradScaler(device, enabled=amp == torch.float16)
-               for p in objective.phases}
+    optims = {
+        p.name: torch.optim.Adam(
+            [q for m in p.modules for q in getattr(objective, m).parameters()],
+            lr=p.lr,
+            betas=p.betas,
+        )
+        for p in objective.phases
+    }
+    scalers = {
+        p.name: torch.amp.GradScaler(device, enabled=amp == torch.float16) for p in objective.phases
+    }
 
     def autocast():
         return torch.autocast(device, dtype=amp) if amp is not None else nullcontext()
@@ -122,44 +134,69 @@ def measure(steps: list, repeats: int, device: str) -> list[float]:
     return [statistics.median(t) for t in times]
 
 
-def build(preset: str, scale: str, size: int, batch_size: int, device: str, *,
-          cls: type = UnpairedObjective, dtype: torch.dtype = torch.float32, **switches
-          ) -> tuple[UnpairedObjective, dict]:
+def build(
+    preset: str,
+    scale: str,
+    size: int,
+    batch_size: int,
+    device: str,
+    *,
+    cls: type = UnpairedObjective,
+    dtype: torch.dtype = torch.float32,
+    **switches,
+) -> tuple[UnpairedObjective, dict]:
     """Seeded objective (same weights for the same preset) and a fixed random batch."""
     torch.manual_seed(0)
     objective = cls(resolve_config(preset, scale).model).to(device, dtype)
     apply_switches(objective, **switches)
     g = torch.Generator().manual_seed(0)
     fmt = torch.channels_last if switches.get("channels_last") else torch.contiguous_format
-    batch = {k: (torch.rand(batch_size, 3, size, size, generator=g) * 2 - 1)
-             .to(device, dtype).contiguous(memory_format=fmt) for k in ("A", "B")}
+    batch = {
+        k: (torch.rand(batch_size, 3, size, size, generator=g) * 2 - 1)
+        .to(device, dtype)
+        .contiguous(memory_format=fmt)
+        for k in ("A", "B")
+    }
     return objective, batch
 
 
 def cases(args) -> list[tuple[str, str, str, int, int]]:
     """(label, preset, scale, size, batch) of the timed configurations."""
-    paper = [] if args.skip_paper else [("256 px, CUT + PatchNCE", "cut", "paper", 256, 1),
-                                        ("256 px, CUT + MoNCE", "cut-monce", "paper", 256, 1)]
+    paper = (
+        []
+        if args.skip_paper
+        else [
+            ("256 px, CUT + PatchNCE", "cut", "paper", 256, 1),
+            ("256 px, CUT + MoNCE", "cut-monce", "paper", 256, 1),
+        ]
+    )
     return [*paper, ("64 px cpu preset, CUT + MoNCE", "cut-monce", "cpu", 64, 4)]
 
 
 def section_compare(args) -> None:
-    print(f"\n| {'configuration':32s} | {'ours s/it':>9s} | {'upstream-style s/it':>19s} | "
-          f"{'ratio':>5s} | {'ours peak MiB':>13s} |")
+    print(
+        f"\n| {'configuration':32s} | {'ours s/it':>9s} | {'upstream-style s/it':>19s} | "
+        f"{'ratio':>5s} | {'ours peak MiB':>13s} |"
+    )
     print(f"|{'-' * 34}|{'-' * 11}|{'-' * 21}|{'-' * 7}|{'-' * 15}|")
     for label, preset, scale, size, bs in cases(args):
-        steps = [make_step(*build(preset, scale, size, bs, args.device, cls=cls))
-                 for cls in (UnpairedObjective, UpstreamStyle)]
+        steps = [
+            make_step(*build(preset, scale, size, bs, args.device, cls=cls))
+            for cls in (UnpairedObjective, UpstreamStyle)
+        ]
         ours, upstream = measure(steps, args.repeats, args.device)
         peak = peak_mib(steps[0], args.device)
-        print(f"| {label:32s} | {ours:9.3f} | {upstream:19.3f} | {upstream / ours:5.2f} | "
-              f"{peak:13.1f} |")
+        print(
+            f"| {label:32s} | {ours:9.3f} | {upstream:19.3f} | {upstream / ours:5.2f} | "
+            f"{peak:13.1f} |"
+        )
 
 
 @contextmanager
 def labelled(objective: UnpairedObjective, optimizers: dict):
     """``record_function`` ranges named after PARTS around the calls that make them up."""
     with ExitStack() as stack:
+
         def wrap(owner, attr: str, label: str) -> None:
             original = getattr(owner, attr)
 
@@ -191,6 +228,7 @@ def breakdown(prof, device: str) -> dict[str, list[float]]:
     """Milliseconds ``[forward, backward]`` per part. Every event's self time is charged once:
     forward ops to their innermost labelled range, backward ops to the range of the forward op
     with the same autograd sequence number."""
+
     def self_time(e) -> float:
         return (e.self_device_time_total if device == "cuda" else e.self_cpu_time_total) / 1e3
 
@@ -209,8 +247,11 @@ def breakdown(prof, device: str) -> dict[str, list[float]]:
         return None
 
     events = prof.events()
-    created = {e.sequence_nr: label_of(e) for e in events
-               if e.sequence_nr >= 0 and backward_root(e) is None}
+    created = {
+        e.sequence_nr: label_of(e)
+        for e in events
+        if e.sequence_nr >= 0 and backward_root(e) is None
+    }
     parts: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for e in events:
         root = backward_root(e)
@@ -222,8 +263,7 @@ def breakdown(prof, device: str) -> dict[str, list[float]]:
 
 
 def section_profile(args) -> None:
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda"
-                                           else [])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
     runs = [("PatchNCE", "cut")] + [("MoNCE", "cut-monce")]
     for label, preset, scale, size, bs in cases(args):
         if "PatchNCE" in label:
@@ -249,8 +289,9 @@ def section_profile(args) -> None:
                 print(f"| {part:16s} | {fwd:8.1f} | {bwd:8.1f} | {share:5.1f}% |")
 
 
-def first_grads(objective: UnpairedObjective, batch: dict, amp: torch.dtype | None
-                ) -> dict[str, torch.Tensor]:
+def first_grads(
+    objective: UnpairedObjective, batch: dict, amp: torch.dtype | None
+) -> dict[str, torch.Tensor]:
     """Gradients of one G step (patch positions from seed 1)."""
     torch.manual_seed(1)
     with torch.autocast(batch["A"].device.type, dtype=amp) if amp else nullcontext():
@@ -267,48 +308,63 @@ def grad_err(got: dict, want: dict) -> float:
     """Largest relative gradient error; relative to the tensor's largest entry, floored at 1e-4
     of the largest gradient (biases before InstanceNorm have zero gradient, i.e. noise)."""
     floor = 1e-4 * max(float(g.abs().max()) for g in want.values())
-    return max(float((got[k] - want[k]).abs().max()) / max(float(want[k].abs().max()), floor)
-               for k in want)
+    return max(
+        float((got[k] - want[k]).abs().max()) / max(float(want[k].abs().max()), floor) for k in want
+    )
 
 
 def section_switches(args) -> None:
     amp = [("autocast bf16", {}, torch.bfloat16)]
     if args.device == "cuda":
         amp.append(("autocast fp16 + scaler", {}, torch.float16))
-    variants = [("baseline", {}, None), ("channels_last", {"channels_last": True}, None),
-                ("checkpoint_activations", {"checkpoint_activations": True}, None),
-                *amp, ("compile", {"compile": True}, None)]
+    variants = [
+        ("baseline", {}, None),
+        ("channels_last", {"channels_last": True}, None),
+        ("checkpoint_activations", {"checkpoint_activations": True}, None),
+        *amp,
+        ("compile", {"compile": True}, None),
+    ]
     # the 256 px MoNCE case would add ~10 CPU minutes and nothing new (Sinkhorn: 0.1% there)
     chosen = [c for c in cases(args) if c[1:3] != ("cut-monce", "paper")]
     for label, preset, scale, size, bs in chosen:
-        exact = first_grads(*build(preset, scale, size, bs, args.device, dtype=torch.float64),
-                            None)
+        exact = first_grads(*build(preset, scale, size, bs, args.device, dtype=torch.float64), None)
         steps, grads, compile_s = [], [], {}
         for name, switches, dtype in variants:
             objective, batch = build(preset, scale, size, bs, args.device, **switches)
             start = time.perf_counter()
             grads.append(first_grads(objective, batch, dtype))  # compiles, if asked to
             compile_s[name] = time.perf_counter() - start
-            steps.append(make_step(*build(preset, scale, size, bs, args.device, **switches),
-                                   amp=dtype))
+            steps.append(
+                make_step(*build(preset, scale, size, bs, args.device, **switches), amp=dtype)
+            )
         times = measure(steps, args.repeats, args.device)
         print(f"\n{label}, batch {bs}")
-        print(f"| {'variant':24s} | {'s/it':>7s} | {'x baseline':>10s} | {'peak MiB':>9s} | "
-              f"{'grad err':>9s} |")
+        print(
+            f"| {'variant':24s} | {'s/it':>7s} | {'x baseline':>10s} | {'peak MiB':>9s} | "
+            f"{'grad err':>9s} |"
+        )
         print(f"|{'-' * 26}|{'-' * 9}|{'-' * 12}|{'-' * 11}|{'-' * 11}|")
         for (name, _, _), seconds, step, g in zip(variants, times, steps, grads):
             peak = peak_mib(step, args.device)
-            print(f"| {name:24s} | {seconds:7.3f} | {seconds / times[0]:10.2f} | {peak:9.1f} | "
-                  f"{grad_err(g, exact):9.1e} |")
-        print(f"compile: first G step {compile_s['compile']:.0f} s (baseline "
-              f"{compile_s['baseline']:.1f} s)")
+            print(
+                f"| {name:24s} | {seconds:7.3f} | {seconds / times[0]:10.2f} | {peak:9.1f} | "
+                f"{grad_err(g, exact):9.1e} |"
+            )
+        print(
+            f"compile: first G step {compile_s['compile']:.0f} s (baseline "
+            f"{compile_s['baseline']:.1f} s)"
+        )
 
 
 def section_memory(args) -> None:
-    print(f"\npeak MiB of one iteration, paper model at its crop size, batch 1 (SinCUT, whose "
-          f"negatives come from the whole batch: its preset's batch) ({args.device})")
-    print(f"| {'preset':14s} | {'px':>4s} | {'batch':>5s} | {'peak MiB':>9s} | "
-          f"{'+ checkpoint_activations':>24s} |")
+    print(
+        f"\npeak MiB of one iteration, paper model at its crop size, batch 1 (SinCUT, whose "
+        f"negatives come from the whole batch: its preset's batch) ({args.device})"
+    )
+    print(
+        f"| {'preset':14s} | {'px':>4s} | {'batch':>5s} | {'peak MiB':>9s} | "
+        f"{'+ checkpoint_activations':>24s} |"
+    )
     print(f"|{'-' * 16}|{'-' * 6}|{'-' * 7}|{'-' * 11}|{'-' * 26}|")
     for preset in PRESETS:  # timing: see the switches section (alternating runs)
         cfg = resolve_config(preset, "paper")
@@ -317,8 +373,9 @@ def section_memory(args) -> None:
         peaks = []
         for c in (False, True):
             try:
-                step = make_step(*build(preset, "paper", size, batch, args.device,
-                                        checkpoint_activations=c))
+                step = make_step(
+                    *build(preset, "paper", size, batch, args.device, checkpoint_activations=c)
+                )
             except ValueError:  # no ResnetBlock to checkpoint (SinCUT's StyleGAN2 generator)
                 peaks.append("n/a")
                 continue
@@ -331,8 +388,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-paper", action="store_true", help="only the 64 px cpu preset")
-    parser.add_argument("--only", default=",".join(SECTIONS),
-                        help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections of {', '.join(SECTIONS)}",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     chosen = args.only.split(",")
@@ -340,8 +400,10 @@ def main() -> None:
     if unknown:
         parser.error(f"--only: unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
     name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
-    print(f"torch {torch.__version__}, {name}, threads {torch.get_num_threads()}; "
-          f"median of {args.repeats} iterations; peak memory of one iteration")
+    print(
+        f"torch {torch.__version__}, {name}, threads {torch.get_num_threads()}; "
+        f"median of {args.repeats} iterations; peak memory of one iteration"
+    )
     for section in SECTIONS:
         if section in chosen:
             globals()[f"section_{section}"](args)

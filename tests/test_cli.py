@@ -11,8 +11,12 @@ from patchcontrast.demo import DemoConfig, run_demo
 
 
 def test_help_lists_commands():
-    out = subprocess.run([sys.executable, "-m", "patchcontrast", "--help"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "patchcontrast", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "demo" in out and "MoNCE" in out
 
 
@@ -25,8 +29,23 @@ def test_demo_help_explains_options(capsys):
 
 
 def test_demo_learns_and_writes_results(tmp_path, capsys):
-    assert main(["loss-demo", "--steps", "40", "--losses", "patchnce", "monce", "--patches", "64",
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "loss-demo",
+                "--steps",
+                "40",
+                "--losses",
+                "patchnce",
+                "monce",
+                "--patches",
+                "64",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     results = json.loads((tmp_path / "results.json").read_text())
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["steps"] == 40 and [r["loss"] for r in results] == ["patchnce", "monce"]
@@ -43,10 +62,13 @@ def test_demo_is_deterministic():
     assert first == second
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["loss-demo", "--steps", "0"], "steps must be >= 1"),
-    (["loss-demo", "--patches", "1"], "patches must be >= 2"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["loss-demo", "--steps", "0"], "steps must be >= 1"),
+        (["loss-demo", "--patches", "1"], "patches must be >= 2"),
+    ],
+)
 def test_demo_bad_input_is_a_clear_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -63,8 +85,16 @@ def test_unknown_loss_is_rejected_by_the_parser(capsys):
 
 def test_download_offline_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["download", "horse2zebra", "--root", str(tmp_path), "--url",
-              "http://127.0.0.1:9/horse2zebra.zip"])
+        main(
+            [
+                "download",
+                "horse2zebra",
+                "--root",
+                str(tmp_path),
+                "--url",
+                "http://127.0.0.1:9/horse2zebra.zip",
+            ]
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "cannot reach" in err and "Traceback" not in err

@@ -25,8 +25,11 @@ def test_every_preset_and_scale_resolves_and_round_trips(preset, scale):
 def test_presets_follow_the_papers():
     assert resolve_config("cut", "paper").model == CUTConfig()
     fast = resolve_config("fastcut", "paper")
-    assert (fast.model.nce_idt, fast.model.lambda_nce, fast.model.flip_equivariance) == \
-        (False, 10.0, True)
+    assert (fast.model.nce_idt, fast.model.lambda_nce, fast.model.flip_equivariance) == (
+        False,
+        10.0,
+        True,
+    )
     assert (fast.train.n_epochs, fast.train.n_epochs_decay) == (150, 50)
     monce = resolve_config("cut-monce", "paper")
     assert monce.model.contrastive == "monce" and monce.train.batch_size == 12
@@ -45,9 +48,12 @@ def test_default_is_cpu_monce_on_builtin_data():
 def test_file_then_overrides(tmp_path):
     yaml_file = tmp_path / "run.yaml"
     yaml_file.write_text("model:\n  lambda_nce: 2\ntrain:\n  n_epochs: 7\n")
-    cfg = resolve_config("cut", "cpu", file=yaml_file,
-                         overrides=["train.n_epochs=9", "model.loss_options={}",
-                                    "model.nce_layers=[0, 4, 8]"])
+    cfg = resolve_config(
+        "cut",
+        "cpu",
+        file=yaml_file,
+        overrides=["train.n_epochs=9", "model.loss_options={}", "model.nce_layers=[0, 4, 8]"],
+    )
     assert cfg.model.lambda_nce == 2.0 and isinstance(cfg.model.lambda_nce, float)
     assert cfg.train.n_epochs == 9 and cfg.model.nce_layers == (0, 4, 8)
     json_file = tmp_path / "run.json"
@@ -55,30 +61,40 @@ def test_file_then_overrides(tmp_path):
     assert resolve_config("cut", "cpu", file=json_file).data.crop_size == 32
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"preset": "cut-infonce"}, "preset must be one of"),
-    ({"scale": "tiny"}, "scale must be one of"),
-    ({"overrides": ["n_epochs=3"]}, "must look like section.key=value"),
-    ({"overrides": ["train.epochs=3"]}, "unknown train option"),
-    ({"overrides": ["optim.lr=3"]}, "unknown config section 'optim'"),
-    ({"overrides": ["model.gan_mode=wgan"]}, "gan_mode must be one of"),
-    ({"overrides": ["model.contrastive=monce", "model.loss_options={beta: -1}"]},
-     "beta must be a positive"),
-    ({"overrides": ["model.loss_options={beta: 0.5}"]}, "invalid option for loss 'patchnce'"),
-    ({"overrides": ["data.crop_size=30", "data.load_size=30"]}, "multiples of 4"),
-    ({"overrides": ["model.nce_layers=[4, 0]"]}, "nce_layers must be distinct increasing"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"preset": "cut-infonce"}, "preset must be one of"),
+        ({"scale": "tiny"}, "scale must be one of"),
+        ({"overrides": ["n_epochs=3"]}, "must look like section.key=value"),
+        ({"overrides": ["train.epochs=3"]}, "unknown train option"),
+        ({"overrides": ["optim.lr=3"]}, "unknown config section 'optim'"),
+        ({"overrides": ["model.gan_mode=wgan"]}, "gan_mode must be one of"),
+        (
+            {"overrides": ["model.contrastive=monce", "model.loss_options={beta: -1}"]},
+            "beta must be a positive",
+        ),
+        ({"overrides": ["model.loss_options={beta: 0.5}"]}, "invalid option for loss 'patchnce'"),
+        ({"overrides": ["data.crop_size=30", "data.load_size=30"]}, "multiples of 4"),
+        ({"overrides": ["model.nce_layers=[4, 0]"]}, "nce_layers must be distinct increasing"),
+    ],
+)
 def test_bad_configs_are_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         resolve_config(**{"preset": "cut", "scale": "cpu", **kwargs})
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (["data.label_offset=abc"], "data.label_offset must be an int; got 'abc'"),
-    (["data.label_offset=true"], "data.label_offset must be an int; got True"),
-    (["model.dont_care=true", "data.ignore_value=abc"],
-     "data.ignore_value must be an int or null; got 'abc'"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["data.label_offset=abc"], "data.label_offset must be an int; got 'abc'"),
+        (["data.label_offset=true"], "data.label_offset must be an int; got True"),
+        (
+            ["model.dont_care=true", "data.ignore_value=abc"],
+            "data.ignore_value must be an int or null; got 'abc'",
+        ),
+    ],
+)
 def test_bad_paired_label_settings_are_clear_errors(overrides, match):
     with pytest.raises(ValueError, match=match):
         resolve_config("spade-monce", "cpu", overrides=overrides)
@@ -101,8 +117,9 @@ def test_data_config_validation():
 
 
 def test_non_square_sizes():
-    cfg = resolve_config("cut", "cpu", overrides=["data.load_size=[72, 136]",
-                                                   "data.crop_size=[64, 128]"])
+    cfg = resolve_config(
+        "cut", "cpu", overrides=["data.load_size=[72, 136]", "data.crop_size=[64, 128]"]
+    )
     assert cfg.data.crop_size == (64, 128) and cfg.data.load_size == (72, 136)
     with pytest.raises(ValueError, match="multiples of 4"):
         DataConfig(load_size=(72, 136), crop_size=(64, 126))

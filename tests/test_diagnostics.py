@@ -23,16 +23,27 @@ from patchcontrast.losses import monce_cost, sinkhorn
 from patchcontrast.objectives.unpaired import UnpairedObjective
 from patchcontrast.pipeline import load_objective, train
 
-TINY = ["model.ngf=8", "model.ndf=8", "model.netF_nc=16", "model.num_patches=32",
-        "data.load_size=36", "data.crop_size=32", "data.builtin_train=4", "data.builtin_test=2",
-        "train.batch_size=2", "train.log_every=1", "train.sample_every=100",
-        "train.checkpoint_every=100"]
+TINY = [
+    "model.ngf=8",
+    "model.ndf=8",
+    "model.netF_nc=16",
+    "model.num_patches=32",
+    "data.load_size=36",
+    "data.crop_size=32",
+    "data.builtin_train=4",
+    "data.builtin_test=2",
+    "train.batch_size=2",
+    "train.log_every=1",
+    "train.sample_every=100",
+    "train.checkpoint_every=100",
+]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def tiny(root, preset, *extra):
-    return resolve_config(preset, "cpu", run_dir=str(root / "run"),
-                          overrides=[*TINY, "train.max_steps=2", *extra])
+    return resolve_config(
+        preset, "cpu", run_dir=str(root / "run"), overrides=[*TINY, "train.max_steps=2", *extra]
+    )
 
 
 def tiny_model(preset, *extra):
@@ -64,8 +75,12 @@ def reference_samples(objective, images, num_patches, seed):
     cfg, G = objective.cfg, objective.G
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        keys, ids = objective.F(G.encode(images, cfg.nce_layers), num_patches,
-                                generator=generator, per_image=cfg.per_image_patches)
+        keys, ids = objective.F(
+            G.encode(images, cfg.nce_layers),
+            num_patches,
+            generator=generator,
+            per_image=cfg.per_image_patches,
+        )
         queries, _ = objective.F(G.encode(G(images), cfg.nce_layers), patch_ids=ids)
     return queries, keys
 
@@ -106,8 +121,9 @@ def test_keys_as_queries_give_unit_positives(objective, images):
     for pair in sims.values():
         # q.q = |x|^2 / (|x| + 1e-7)^2 (F's normaliser): 1 up to 2e-7 / |x|, and the barely
         # trained head still has tiny outputs (|x| ~ 1e-3)
-        torch.testing.assert_close(pair["positive"], torch.ones_like(pair["positive"]),
-                                   rtol=0, atol=1e-3)
+        torch.testing.assert_close(
+            pair["positive"], torch.ones_like(pair["positive"]), rtol=0, atol=1e-3
+        )
         assert pair["positive"].mean() > pair["negative"].mean()
         stats = similarity_stats(pair["positive"], pair["negative"])
         assert stats["auc"] > 0.99 and stats["negatives_above_median_positive"] < 0.01
@@ -122,8 +138,14 @@ def test_transport_plan_is_monce_sinkhorn_plan(objective, images):
     queries, keys = reference_samples(objective, images[:1], 64, seed=5)
     s = queries[-1][0] @ keys[-1][0].T
     ones = torch.ones(64)
-    expected = sinkhorn(monce_cost(s, weighting="hard", diagonal="upstream"), eps=0.2,
-                        a=ones, b=ones, iters=50, tol=1e-5)  # the run's beta, monce's auto tol
+    expected = sinkhorn(
+        monce_cost(s, weighting="hard", diagonal="upstream"),
+        eps=0.2,
+        a=ones,
+        b=ones,
+        iters=50,
+        tol=1e-5,
+    )  # the run's beta, monce's auto tol
     torch.testing.assert_close(plan, expected, rtol=0, atol=1e-7)
     assert plan_options(objective)[1] == "checkpoint"
 
@@ -160,13 +182,15 @@ def test_similarity_stats_known_values():
     stats = similarity_stats(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 1.5, 3.0]))
     assert stats["auc"] == pytest.approx(3 / 6)  # pairs with pos > neg: (1,0), (2,0), (2,1.5)
     assert stats["negatives_above_median_positive"] == pytest.approx(2 / 3)
-    assert stats["positive"] == {"count": 2, "mean": 1.5, "std": pytest.approx(2 ** -0.5)}
+    assert stats["positive"] == {"count": 2, "mean": 1.5, "std": pytest.approx(2**-0.5)}
     assert similarity_stats(torch.ones(1), torch.ones(4))["auc"] == 0.5  # ties count 1/2
 
 
 def test_plots_write_pngs(tmp_path):
-    sims = {4: {"positive": torch.rand(50), "negative": torch.rand(500) * 2 - 1},
-            8: {"positive": torch.rand(50), "negative": torch.rand(500) * 2 - 1}}
+    sims = {
+        4: {"positive": torch.rand(50), "negative": torch.rand(500) * 2 - 1},
+        8: {"positive": torch.rand(50), "negative": torch.rand(500) * 2 - 1},
+    }
     hist = plot_similarity_histograms(sims, tmp_path / "a/h.png")
     plan = plot_transport_plan(torch.rand(8, 8), tmp_path / "p.png", title="t")
     for path in (hist, plan):
@@ -180,10 +204,8 @@ def test_diagnose_writes_report(run, tmp_path):
     folder.mkdir()
     rng = np.random.default_rng(0)
     for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (40, 44, 3), dtype=np.uint8)).save(
-            folder / f"{i}.png")
-    report = diagnose(run, folder, tmp_path / "out", num_images=5, num_patches=16,
-                      progress=False)
+        Image.fromarray(rng.integers(0, 255, (40, 44, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    report = diagnose(run, folder, tmp_path / "out", num_images=5, num_patches=16, progress=False)
     out = tmp_path / "out"
     for name in ("similarity_histograms.png", "transport_plan.png"):
         data = (out / name).read_bytes()
@@ -224,11 +246,34 @@ def test_diagnose_from_the_cli(run, tmp_path, capsys):
     folder.mkdir()
     for i in range(2):
         Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(folder / f"{i}.png")
-    assert main(["diagnose", "--checkpoint", str(run), "--images", str(folder), "--output",
-                 str(tmp_path / "out"), "--num-patches", "8"]) == 0
+    assert (
+        main(
+            [
+                "diagnose",
+                "--checkpoint",
+                str(run),
+                "--images",
+                str(folder),
+                "--output",
+                str(tmp_path / "out"),
+                "--num-patches",
+                "8",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.count("AUC") == 5 and (tmp_path / "out/transport_plan.png").is_file()
     with pytest.raises(SystemExit):
-        main(["diagnose", "--checkpoint", str(run), "--images", str(tmp_path / "nope"),
-              "--output", str(tmp_path / "out2")])
+        main(
+            [
+                "diagnose",
+                "--checkpoint",
+                str(run),
+                "--images",
+                str(tmp_path / "nope"),
+                "--output",
+                str(tmp_path / "out2"),
+            ]
+        )
     assert "does not exist" in capsys.readouterr().err

@@ -43,16 +43,30 @@ from patchcontrast.objectives.paired import PairedObjective
 from patchcontrast.objectives.unpaired import UnpairedObjective
 from patchcontrast.trainer import TrainConfig, Trainer, TrainingInterrupted, apply_switches
 
-TINY_CUT = ["model.ngf=8", "model.ndf=8", "model.n_blocks=2", "model.netF_nc=16",
-            "model.num_patches=32"]
-TINY_SPADE = ["model.ngf=4", "model.ndf=4", "model.n_layers_d=2", "model.num_patches=16",
-              "model.vgg_source=random", "model.allow_random_vgg=true"]
+TINY_CUT = [
+    "model.ngf=8",
+    "model.ndf=8",
+    "model.n_blocks=2",
+    "model.netF_nc=16",
+    "model.num_patches=32",
+]
+TINY_SPADE = [
+    "model.ngf=4",
+    "model.ndf=4",
+    "model.n_layers_d=2",
+    "model.num_patches=16",
+    "model.vgg_source=random",
+    "model.allow_random_vgg=true",
+]
 # Sinkhorn's early stop is decided over the batch a process holds (1e-8 apart in float64): all
 # 50 iterations here, so that the SPADE case is exact; the CUT MoNCE case keeps the default
 FIXED_SINKHORN = "model.loss_options={weighting: easy, beta: 0.1, Q: 1.0, tol: null}"
 # name: (preset, overrides, steps)
-CASES = {"patchnce": ("cut", TINY_CUT, 2), "monce": ("cut-monce", TINY_CUT, 1),
-         "spade": ("spade-monce", [*TINY_SPADE, FIXED_SINKHORN], 1)}
+CASES = {
+    "patchnce": ("cut", TINY_CUT, 2),
+    "monce": ("cut-monce", TINY_CUT, 1),
+    "spade": ("spade-monce", [*TINY_SPADE, FIXED_SINKHORN], 1),
+}
 N_ITEMS, SIZE = 8, 32  # 8 items, global batch 4 -> 2 iterations per epoch
 
 
@@ -87,9 +101,18 @@ def make_trainer(case: str, run_dir: Path, batch_size: int) -> Trainer:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # random VGG weights
         objective = (Paired64(cfg) if case == "spade" else UnpairedObjective(cfg)).double()
-    train = TrainConfig(run_dir=str(run_dir), n_epochs=1, n_epochs_decay=1, batch_size=batch_size,
-                        device="cpu", deterministic=True, log_every=1, sample_every=100,
-                        checkpoint_every=1, max_steps=steps)
+    train = TrainConfig(
+        run_dir=str(run_dir),
+        n_epochs=1,
+        n_epochs_decay=1,
+        batch_size=batch_size,
+        device="cpu",
+        deterministic=True,
+        log_every=1,
+        sample_every=100,
+        checkpoint_every=1,
+        max_steps=steps,
+    )
     return Trainer(objective, Fixed(case == "spade"), train)
 
 
@@ -113,8 +136,10 @@ def worker(out: Path) -> None:
         trainer.fit()
         torch.save(snapshot(trainer), out / f"ddp_{case}_rank{rank}.pt")
     step1 = "checkpoints/step_00000001.pt"
-    for name, source in (("ddp_resumed", out / "ddp_patchnce" / step1),
-                         ("ddp_from_single", out / "single_patchnce" / step1)):
+    for name, source in (
+        ("ddp_resumed", out / "ddp_patchnce" / step1),
+        ("ddp_from_single", out / "single_patchnce" / step1),
+    ):
         trainer = make_trainer("patchnce", out / name, batch_size=2)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # deterministic-algorithm notes
@@ -124,8 +149,10 @@ def worker(out: Path) -> None:
     trainer = make_trainer("patchnce", out / "ddp_signal", batch_size=2)
     if rank == 1:
         prepare = trainer.objective.prepare
-        trainer.objective.prepare = lambda batch: (os.kill(os.getpid(), signal.SIGTERM),
-                                                   prepare(batch))
+        trainer.objective.prepare = lambda batch: (
+            os.kill(os.getpid(), signal.SIGTERM),
+            prepare(batch),
+        )
     try:
         trainer.fit()
         stopped = None
@@ -142,9 +169,13 @@ def assert_close(got: dict, want: dict, rtol: float) -> float:
     values (so ``rtol=1e-6`` still resolves ~5e-8, far below Adam's step ``lr=2e-4``). Returns
     the worst relative error."""
     assert got.keys() == want.keys()
-    floor = {kind: share * max((float(want[k].abs().max()) for k in want
-                                if k.endswith(".grad") == kind), default=0.0)
-             for kind, share in ((False, 0.1), (True, 1e-4))}
+    floor = {
+        kind: share
+        * max(
+            (float(want[k].abs().max()) for k in want if k.endswith(".grad") == kind), default=0.0
+        )
+        for kind, share in ((False, 0.1), (True, 1e-4))
+    }
     worst = 0.0
     for k in want:
         scale = max(float(want[k].abs().max()), floor[k.endswith(".grad")], 1e-30)
@@ -163,8 +194,15 @@ def runs(tmp_path_factory) -> Path:
         trainer.fit()
         torch.save(snapshot(trainer), out / f"single_{case}.pt")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           __file__, str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        __file__,
+        str(out),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     return out
@@ -181,8 +219,9 @@ def test_two_processes_equal_one_process_on_the_combined_batch(runs, case):
     if case == "spade":  # synchronised batch norm: running statistics of the whole batch
         assert any("running_var" in k for k in single)
     # rank 0 alone wrote the run folder, with the same files as a single process
-    assert sorted(p.name for p in (runs / f"ddp_{case}").iterdir()) == \
-        sorted(p.name for p in (runs / f"single_{case}").iterdir())
+    assert sorted(p.name for p in (runs / f"ddp_{case}").iterdir()) == sorted(
+        p.name for p in (runs / f"single_{case}").iterdir()
+    )
 
 
 def test_gradients_are_averaged_not_summed(runs):
@@ -197,13 +236,17 @@ def test_gradients_are_averaged_not_summed(runs):
 
 def test_resume_under_ddp_and_across_settings(runs, tmp_path):
     # DDP -> DDP: bitwise the uninterrupted run
-    resumed, straight = (torch.load(runs / f"{n}_rank0.pt") for n in ("ddp_resumed",
-                                                                      "ddp_patchnce"))
+    resumed, straight = (
+        torch.load(runs / f"{n}_rank0.pt") for n in ("ddp_resumed", "ddp_patchnce")
+    )
     for k in straight:
         assert torch.equal(resumed[k], straight[k]), k
     # one process -> DDP and DDP -> one process: the checkpoint is the same unwrapped state
-    assert_close(torch.load(runs / "ddp_from_single_rank0.pt"),
-                 torch.load(runs / "single_patchnce.pt"), rtol=1e-6)
+    assert_close(
+        torch.load(runs / "ddp_from_single_rank0.pt"),
+        torch.load(runs / "single_patchnce.pt"),
+        rtol=1e-6,
+    )
     trainer = make_trainer("patchnce", tmp_path / "single_from_ddp", batch_size=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -223,6 +266,7 @@ def test_a_signal_to_one_rank_stops_all_after_the_same_iteration(runs):
 
 
 # -- single-process units ----------------------------------------------------------------------
+
 
 def test_detect_env():
     assert detect_env({}) == DistEnv(0, 1, 0)
@@ -277,8 +321,9 @@ def cut_step(switches: dict, dtype: torch.dtype = torch.float32) -> tuple[float,
     obj.prepare(batch)
     loss, _ = obj.loss("G")
     loss.backward()
-    return loss.item(), {f"{n}.grad": p.grad.clone() for n, p in obj.named_parameters()
-                         if p.grad is not None}
+    return loss.item(), {
+        f"{n}.grad": p.grad.clone() for n, p in obj.named_parameters() if p.grad is not None
+    }
 
 
 def test_checkpointing_and_channels_last_change_no_result():

@@ -27,14 +27,21 @@ def cache(tmp_path_factory, monkeypatch):
 
 def test_swd_content_domain_on_ground_truth(data):
     # "translations" = the B images themselves: real-vs-real SWD is 0, the domain score 1
-    result = evaluate_folders(data / "testB", data / "testB", metrics=("swd", "domain"),
-                              swd_size=64, progress=False)
+    result = evaluate_folders(
+        data / "testB", data / "testB", metrics=("swd", "domain"), swd_size=64, progress=False
+    )
     assert result["metrics"]["swd_avg"] == pytest.approx(0.0, abs=1e-9)
     assert result["metrics"]["domain_b"] == 1.0
     assert result["n_real"] == result["n_fake"] == 6
     # source A images scored against their own masks: the objects are where the masks say
-    result = evaluate_folders(data / "testB", data / "testA", metrics=("swd", "content"),
-                              masks=data / "testA_masks", swd_size=64, progress=False)
+    result = evaluate_folders(
+        data / "testB",
+        data / "testA",
+        metrics=("swd", "content"),
+        masks=data / "testA_masks",
+        swd_size=64,
+        progress=False,
+    )
     assert result["metrics"]["content_iou"] > 0.9
     assert result["metrics"]["swd_avg"] > 10  # plain horses vs striped zebras
     assert result["settings"]["swd"]["size"] == 64
@@ -49,14 +56,27 @@ def test_errors_are_clear(data, tmp_path):
     other.mkdir()
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(other / "unknown.png")
     with pytest.raises(ValueError, match="no mask"):
-        evaluate_folders(data / "testB", other, metrics=("content",),
-                         masks=data / "testA_masks")
+        evaluate_folders(data / "testB", other, metrics=("content",), masks=data / "testA_masks")
 
 
 def test_cli_writes_json_and_reports_missing_weights(data, tmp_path, capsys, monkeypatch):
     out = tmp_path / "m.json"
-    assert main(["evaluate", "--real", str(data / "testB"), "--fake", str(data / "testA"),
-                 "--metrics", "swd", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--real",
+                str(data / "testB"),
+                "--fake",
+                str(data / "testA"),
+                "--metrics",
+                "swd",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "swd_avg" in json.loads(out.read_text())["metrics"]
     assert "| swd_avg" in capsys.readouterr().out
     import torch
@@ -64,8 +84,17 @@ def test_cli_writes_json_and_reports_missing_weights(data, tmp_path, capsys, mon
     monkeypatch.delenv("PATCHCONTRAST_INCEPTION_WEIGHTS", raising=False)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(SystemExit) as exit_info:
-        main(["evaluate", "--real", str(data / "testB"), "--fake", str(data / "testA"),
-              "--metrics", "fid"])
+        main(
+            [
+                "evaluate",
+                "--real",
+                str(data / "testB"),
+                "--fake",
+                str(data / "testA"),
+                "--metrics",
+                "fid",
+            ]
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "pt_inception-2015-12-05-6726825d.pth" in err and "Traceback" not in err
@@ -73,8 +102,15 @@ def test_cli_writes_json_and_reports_missing_weights(data, tmp_path, capsys, mon
 
 def test_cli_size_scores_at_that_size(data, tmp_path, capsys):
     # the CLI at --size 64 reproduces the library's 64 px figure, not the default 256 px one
-    args = ["evaluate", "--real", str(data / "testB"), "--fake", str(data / "testA"),
-            "--metrics", "swd"]
+    args = [
+        "evaluate",
+        "--real",
+        str(data / "testB"),
+        "--fake",
+        str(data / "testA"),
+        "--metrics",
+        "swd",
+    ]
     at = {}
     for size in (None, "64"):
         out = tmp_path / f"{size}.json"
@@ -95,10 +131,20 @@ def test_evaluate_run_over_checkpoints(tmp_path, capsys):
     from patchcontrast.config import resolve_config
     from patchcontrast.pipeline import train
 
-    overrides = ["model.ngf=8", "model.ndf=8", "model.netF_nc=16", "model.num_patches=32",
-                 "data.load_size=36", "data.crop_size=32", "data.builtin_train=4",
-                 "data.builtin_test=3", "train.batch_size=2", "train.checkpoint_every=2",
-                 "train.max_steps=4", "train.sample_every=4"]
+    overrides = [
+        "model.ngf=8",
+        "model.ndf=8",
+        "model.netF_nc=16",
+        "model.num_patches=32",
+        "data.load_size=36",
+        "data.crop_size=32",
+        "data.builtin_train=4",
+        "data.builtin_test=3",
+        "train.batch_size=2",
+        "train.checkpoint_every=2",
+        "train.max_steps=4",
+        "train.sample_every=4",
+    ]
     run = tmp_path / "run"
     train(resolve_config("cut", "cpu", run_dir=str(run), overrides=overrides))
     assert main(["evaluate", "--run", str(run), "--metrics", "swd,content"]) == 0
@@ -156,26 +202,45 @@ def labels(data):
     return folder
 
 
-def test_segmentation_from_the_cli_torchscript_and_entry_point(data, labels, tmp_path,
-                                                                monkeypatch, capsys):
+def test_segmentation_from_the_cli_torchscript_and_entry_point(
+    data, labels, tmp_path, monkeypatch, capsys
+):
     stems = [p.stem for p in sorted((data / "testB").glob("*.png"))]
     expected = _expected_miou(data, stems)
     scripted = tmp_path / "seg.pt"
     torch.jit.save(torch.jit.trace(_Brightness(), torch.rand(1, 3, 8, 8)), scripted)
     (tmp_path / "my_segmenter.py").write_text(
-        "import torch\n"
-        "def build():\n"
-        "    return torch.jit.load(" + repr(str(scripted)) + ")\n")
+        "import torch\ndef build():\n    return torch.jit.load(" + repr(str(scripted)) + ")\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     exported = tmp_path / "seg.pt2"
     dynamic = {"x": {0: torch.export.Dim.DYNAMIC}}  # any batch size
-    torch.export.save(torch.export.export(_Brightness(), (torch.rand(2, 3, 64, 64),),
-                                         dynamic_shapes=dynamic), exported)
+    torch.export.save(
+        torch.export.export(_Brightness(), (torch.rand(2, 3, 64, 64),), dynamic_shapes=dynamic),
+        exported,
+    )
     for model in (str(scripted), "my_segmenter:build", str(exported)):
         out = tmp_path / f"seg-{Path(model).suffix or 'entry'}.json"
-        assert main(["evaluate", "--fake", str(data / "testB"), "--metrics", "segmentation",
-                     "--labels", str(labels), "--seg-model", model, "--num-classes", "2",
-                     "--output", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--fake",
+                    str(data / "testB"),
+                    "--metrics",
+                    "segmentation",
+                    "--labels",
+                    str(labels),
+                    "--seg-model",
+                    model,
+                    "--num-classes",
+                    "2",
+                    "--output",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         result = json.loads(out.read_text())
         assert result["metrics"]["seg_miou"] == pytest.approx(expected, abs=1e-12)
         assert 0 < result["metrics"]["seg_pixel_accuracy"] <= 1
@@ -183,14 +248,39 @@ def test_segmentation_from_the_cli_torchscript_and_entry_point(data, labels, tmp
     assert "seg_miou" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--metrics", "segmentation"], "needs --labels"),
-    (["--metrics", "segmentation", "--labels", "{labels}", "--seg-model", "nope.missing:fn",
-      "--num-classes", "2"], "cannot load segmentation model entry point"),
-    (["--metrics", "segmentation", "--labels", "{data}/testB", "--seg-model", "x.pt",
-      "--num-classes", "2"], "single-channel class ids"),
-    (["--metrics", "swd"], "give --real and --fake"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--metrics", "segmentation"], "needs --labels"),
+        (
+            [
+                "--metrics",
+                "segmentation",
+                "--labels",
+                "{labels}",
+                "--seg-model",
+                "nope.missing:fn",
+                "--num-classes",
+                "2",
+            ],
+            "cannot load segmentation model entry point",
+        ),
+        (
+            [
+                "--metrics",
+                "segmentation",
+                "--labels",
+                "{data}/testB",
+                "--seg-model",
+                "x.pt",
+                "--num-classes",
+                "2",
+            ],
+            "single-channel class ids",
+        ),
+        (["--metrics", "swd"], "give --real and --fake"),
+    ],
+)
 def test_segmentation_errors_are_clear(data, labels, argv, message, capsys):
     argv = [a.format(labels=labels, data=data) for a in argv]
     with pytest.raises(SystemExit) as exit_:

@@ -22,18 +22,43 @@ from patchcontrast.pipeline import load_objective, read_input, train
 from patchcontrast.translator import FORMAT, Translator
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model.ngf=8", "model.ndf=8", "model.netF_nc=16", "model.num_patches=32",
-        "model.n_blocks=2", "data.load_size=36", "data.crop_size=32", "data.builtin_train=4",
-        "data.builtin_test=2", "train.batch_size=2", "train.log_every=1",
-        "train.sample_every=100", "train.checkpoint_every=2", "train.max_steps=2"]
+TINY = [
+    "model.ngf=8",
+    "model.ndf=8",
+    "model.netF_nc=16",
+    "model.num_patches=32",
+    "model.n_blocks=2",
+    "data.load_size=36",
+    "data.crop_size=32",
+    "data.builtin_train=4",
+    "data.builtin_test=2",
+    "train.batch_size=2",
+    "train.log_every=1",
+    "train.sample_every=100",
+    "train.checkpoint_every=2",
+    "train.max_steps=2",
+]
 # spade-gan-only trains without VGG-19 weights (no perceptual or contrastive metric)
-PAIRED_TINY = ["model.ngf=4", "model.ndf=4", "model.n_layers_d=2", "data.load_size=36",
-               "data.crop_size=32", "data.builtin_train=4", "data.builtin_test=2",
-               "train.batch_size=2", "train.log_every=1", "train.sample_every=100",
-               "train.checkpoint_every=2", "train.max_steps=2"]
-RUNS = {"plain": ("cut", TINY), "ema": ("cut", [*TINY, "model.ema=0.9"]),
-        "residual": ("cut", [*TINY, "model.residual=true"]),
-        "paired": ("spade-gan-only", PAIRED_TINY)}
+PAIRED_TINY = [
+    "model.ngf=4",
+    "model.ndf=4",
+    "model.n_layers_d=2",
+    "data.load_size=36",
+    "data.crop_size=32",
+    "data.builtin_train=4",
+    "data.builtin_test=2",
+    "train.batch_size=2",
+    "train.log_every=1",
+    "train.sample_every=100",
+    "train.checkpoint_every=2",
+    "train.max_steps=2",
+]
+RUNS = {
+    "plain": ("cut", TINY),
+    "ema": ("cut", [*TINY, "model.ema=0.9"]),
+    "residual": ("cut", [*TINY, "model.residual=true"]),
+    "paired": ("spade-gan-only", PAIRED_TINY),
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +68,9 @@ def runs(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PATCHCONTRAST_CACHE", str(root / "cache"))
         for name, (preset, overrides) in RUNS.items():
-            train(resolve_config(preset, "cpu", run_dir=str(root / name / "run"),
-                                 overrides=overrides))
+            train(
+                resolve_config(preset, "cpu", run_dir=str(root / name / "run"), overrides=overrides)
+            )
             export_model(root / name / "run", root / name / "model")
     return root
 
@@ -73,21 +99,23 @@ def cli_error(argv: list[str], capsys) -> str:
 
 def test_the_folder_holds_the_translating_generator_without_pickle(runs):
     model = runs / "ema" / "model"
-    assert sorted(p.name for p in model.iterdir()) == ["README.md", "config.json",
-                                                       "model.safetensors"]
+    assert sorted(p.name for p in model.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    ]
     raw = (model / "model.safetensors").read_bytes()
     assert not raw.startswith((b"PK", b"\x80"))  # neither torch.save's zip nor a pickle
     weights = load_file(model / "model.safetensors")
     state = torch.load(runs / "ema/run/checkpoints/step_00000002.pt", weights_only=True)
-    ema = {k[len("G_ema."):]: v for k, v in state["objective"].items() if k.startswith("G_ema.")}
+    ema = {k[len("G_ema.") :]: v for k, v in state["objective"].items() if k.startswith("G_ema.")}
     assert weights.keys() == ema.keys()
     assert all(torch.equal(weights[k], ema[k]) for k in ema)
     assert not torch.equal(weights["net.1.weight"], state["objective"]["G.net.1.weight"])
     config = json.loads((model / "config.json").read_text())
     assert (config["format"], config["generator"], config["step"]) == (FORMAT, "G_ema", 2)
     assert config["preset"] == "cut" and config["model"]["ema"] == 0.9
-    assert config["data"] == {"channels": 3, "load_size": 36, "crop_size": 32,
-                              "direction": "AtoB"}
+    assert config["data"] == {"channels": 3, "load_size": 36, "crop_size": 32, "direction": "AtoB"}
     assert "x / 127.5 - 1" in config["normalization"]["input"]
     paired = json.loads((runs / "paired/model/config.json").read_text())
     assert paired["family"] == "paired" and paired["generator"] == "G"
@@ -122,8 +150,20 @@ def test_cli_export_then_translate_gives_the_same_pngs(runs, tmp_path, capsys):
     for name, size in (("a", (32, 32)), ("b", (37, 50)), ("c", (20, 24))):
         Image.fromarray(rng.integers(0, 256, (*size, 3), np.uint8)).save(images / f"{name}.png")
     for checkpoint, out in ((runs / "ema" / "run", "from_run"), (model, "from_model")):
-        assert main(["translate", "--checkpoint", str(checkpoint), "--input", str(images),
-                     "--output", str(tmp_path / out)]) == 0
+        assert (
+            main(
+                [
+                    "translate",
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--input",
+                    str(images),
+                    "--output",
+                    str(tmp_path / out),
+                ]
+            )
+            == 0
+        )
     for name in "abc":
         a = np.asarray(Image.open(tmp_path / "from_run" / f"{name}.png"))
         b = np.asarray(Image.open(tmp_path / "from_model" / f"{name}.png"))
@@ -133,9 +173,13 @@ def test_cli_export_then_translate_gives_the_same_pngs(runs, tmp_path, capsys):
 
 
 # residual: atanh; every resnet: anti-aliased blur down/up-sampling, reflection padding
-@pytest.mark.parametrize("name, sizes", [
-    pytest.param("residual", ((1, 32, 32), (2, 48, 40)), id="residual"),
-    pytest.param("paired", ((1, 32, 32), (2, 96, 64)), id="paired", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name, sizes",
+    [
+        pytest.param("residual", ((1, 32, 32), (2, 48, 40)), id="residual"),
+        pytest.param("paired", ((1, 32, 32), (2, 96, 64)), id="paired", marks=pytest.mark.slow),
+    ],
+)
 def test_onnx_matches_pytorch_on_two_sizes(name, sizes, runs, tmp_path, capsys):
     ort = pytest.importorskip("onnxruntime")
     model = tmp_path / "model"
@@ -167,8 +211,9 @@ def test_a_layer_that_does_not_export_to_onnx_is_named(tmp_path):
 
 
 def test_torch_hub_loads_a_model_folder_from_the_local_repository(runs):
-    translator = torch.hub.load(str(ROOT), "translator", source="local",
-                                model_dir=str(runs / "plain" / "model"))
+    translator = torch.hub.load(
+        str(ROOT), "translator", source="local", model_dir=str(runs / "plain" / "model")
+    )
     assert isinstance(translator, Translator) and not translator.training
     x = inputs("plain", 1, 32, 32)
     assert torch.equal(translator(x), load_objective(runs / "plain" / "run")[0].translate(x))
@@ -224,8 +269,10 @@ def corrupt(kind: str, model: Path) -> str:
         tensors = load_file(weights)
         del tensors["net.1.weight"]
         save_file(tensors, weights)
-        return f"{weights} does not fit the generator that {model / 'config.json'} describes: " \
-               "missing net.1.weight"
+        return (
+            f"{weights} does not fit the generator that {model / 'config.json'} describes: "
+            "missing net.1.weight"
+        )
     if kind == "other shapes":  # a config of another width than the tensors'
         config = json.loads((model / "config.json").read_text())
         config["model"]["ngf"] = 16
@@ -237,14 +284,33 @@ def corrupt(kind: str, model: Path) -> str:
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["no weights", "no config", "unknown format",
-                                  "missing tensors", "other shapes", "not safetensors"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "no weights",
+        "no config",
+        "unknown format",
+        "missing tensors",
+        "other shapes",
+        "not safetensors",
+    ],
+)
 def test_a_bad_model_folder_is_refused_in_one_line(kind, runs, tmp_path, capsys):
     model = tmp_path / "model"
     shutil.copytree(runs / "plain" / "model", model)
     expected = corrupt(kind, model)
-    err = cli_error(["translate", "--checkpoint", str(model), "--input", str(tmp_path),
-                     "--output", str(tmp_path / "out")], capsys)
+    err = cli_error(
+        [
+            "translate",
+            "--checkpoint",
+            str(model),
+            "--input",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capsys,
+    )
     assert err.startswith("patchcontrast translate: error: ") and expected in err
     with pytest.raises(ValueError, match="^" + re.escape(str(model))):
         Translator.from_pretrained(model)

@@ -27,11 +27,26 @@ OFFICIAL = Path(__file__).resolve().parent / "fixtures" / "official"
 INPUT = OFFICIAL / "input.png"
 # what the fixtures were trained as (tests/fixtures/official/README.md)
 FIXTURES = {
-    "cut_antialias": {"input_nc": 3, "output_nc": 3, "ngf": 8, "n_blocks": 6, "antialias": True,
-                      "antialias_up": True, "dropout": False, "norm": "instance"},
-    "cyclegan_layout": {"input_nc": 3, "output_nc": 3, "ngf": 8, "n_blocks": 6,
-                        "antialias": False, "antialias_up": False, "dropout": True,
-                        "norm": "instance"},
+    "cut_antialias": {
+        "input_nc": 3,
+        "output_nc": 3,
+        "ngf": 8,
+        "n_blocks": 6,
+        "antialias": True,
+        "antialias_up": True,
+        "dropout": False,
+        "norm": "instance",
+    },
+    "cyclegan_layout": {
+        "input_nc": 3,
+        "output_nc": 3,
+        "ngf": 8,
+        "n_blocks": 6,
+        "antialias": False,
+        "antialias_up": False,
+        "dropout": True,
+        "norm": "instance",
+    },
 }
 
 
@@ -58,8 +73,16 @@ def binomial(taps: list[float], channels: int, total: float) -> torch.Tensor:
     return (k / k.sum() * total).expand(channels, 1, -1, -1).clone()
 
 
-def official_state(ngf=4, n_blocks=2, antialias=True, antialias_up=True, dropout=False,
-                   input_nc=3, output_nc=3, prefix="") -> dict:
+def official_state(
+    ngf=4,
+    n_blocks=2,
+    antialias=True,
+    antialias_up=True,
+    dropout=False,
+    input_nc=3,
+    output_nc=3,
+    prefix="",
+) -> dict:
     """A state dict with the keys and shapes that the official ResnetGenerator saves, written
     from its layer list (independently of patchcontrast.importer's own mapping)."""
     g = torch.Generator().manual_seed(0)
@@ -103,8 +126,20 @@ def test_translation_equals_the_official_test_output_within_one_level(name, tmp_
     """translate --checkpoint FILE.pth writes PNGs within 1/255 of the official test.py's
     (which truncates (y + 1) / 2 * 255, where ours rounds); truncated like upstream, ours are
     within 1/255 too (float noise across machines), and equal for nearly every pixel."""
-    assert main(["translate", "--checkpoint", str(generator_file(name)), "--input", str(INPUT),
-                 "--output", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "translate",
+                "--checkpoint",
+                str(generator_file(name)),
+                "--input",
+                str(INPUT),
+                "--output",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     official = png(OFFICIAL / name / "official_fake_B.png")
     ours = png(tmp_path / "input.png")
     assert ours.shape == official.shape == (64, 64, 3)
@@ -124,18 +159,30 @@ def test_the_architecture_is_read_from_the_official_files(name):
     assert infer_architecture(state, "f").__dict__ == FIXTURES[name]
 
 
-@pytest.mark.parametrize("settings", [
-    {"antialias": True, "antialias_up": False},
-    {"antialias": False, "antialias_up": True},
-    {"dropout": True, "n_blocks": 3},
-    {"ngf": 6, "n_blocks": 1},
-    {"input_nc": 1, "output_nc": 3},
-    {"input_nc": 3, "output_nc": 1, "antialias": False},
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"antialias": True, "antialias_up": False},
+        {"antialias": False, "antialias_up": True},
+        {"dropout": True, "n_blocks": 3},
+        {"ngf": 6, "n_blocks": 1},
+        {"input_nc": 1, "output_nc": 3},
+        {"input_nc": 3, "output_nc": 1, "antialias": False},
+    ],
+)
 def test_every_attribute_is_inferred(settings, tmp_path):
     state = official_state(**settings)
-    expected = {"input_nc": 3, "output_nc": 3, "ngf": 4, "n_blocks": 2, "antialias": True,
-                "antialias_up": True, "dropout": False, "norm": "instance", **settings}
+    expected = {
+        "input_nc": 3,
+        "output_nc": 3,
+        "ngf": 4,
+        "n_blocks": 2,
+        "antialias": True,
+        "antialias_up": True,
+        "dropout": False,
+        "norm": "instance",
+        **settings,
+    }
     assert infer_architecture(state, "f").__dict__ == expected
     torch.save(state, tmp_path / "latest_net_G.pth")
     translator, config = import_translator(tmp_path / "latest_net_G.pth")
@@ -149,7 +196,7 @@ def test_every_attribute_is_inferred(settings, tmp_path):
 def test_the_module_prefix_is_optional_and_gives_the_same_translation(tmp_path):
     with_prefix = torch.load(generator_file("cut_antialias"), weights_only=True)
     assert all(k.startswith("module.") for k in with_prefix)
-    torch.save({k[len("module."):]: v for k, v in with_prefix.items()}, tmp_path / "G.pth")
+    torch.save({k[len("module.") :]: v for k, v in with_prefix.items()}, tmp_path / "G.pth")
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     a, config_a = import_translator(generator_file("cut_antialias"))
     b, config_b = import_translator(tmp_path / "G.pth")
@@ -172,16 +219,31 @@ def test_import_writes_a_model_folder_that_translates_as_the_file(tmp_path, caps
     model = tmp_path / "model"
     assert main(["import", str(source), "--output", str(model)]) == 0
     assert "wrote model.safetensors" in capsys.readouterr().out
-    assert sorted(p.name for p in model.iterdir()) == ["README.md", "config.json",
-                                                       "model.safetensors"]
+    assert sorted(p.name for p in model.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    ]
     config = json.loads((model / "config.json").read_text())
     assert config["imported_from"]["file"] == "latest_net_G.pth"
     card = (model / "README.md").read_text()
     assert "Imported by `patchcontrast import`" in card and "latest_net_G.pth" in card
     assert "stride-2 convs" in card and "dropout" in card
     for checkpoint, out in ((model, "a"), (source, "b")):
-        assert main(["translate", "--checkpoint", str(checkpoint), "--input", str(INPUT),
-                     "--output", str(tmp_path / out)]) == 0
+        assert (
+            main(
+                [
+                    "translate",
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--input",
+                    str(INPUT),
+                    "--output",
+                    str(tmp_path / out),
+                ]
+            )
+            == 0
+        )
     assert np.array_equal(png(tmp_path / "a" / "input.png"), png(tmp_path / "b" / "input.png"))
     loaded = Translator.from_pretrained(model)
     direct = import_translator(source)[0]
@@ -192,8 +254,9 @@ def test_import_writes_a_model_folder_that_translates_as_the_file(tmp_path, caps
 
 def test_import_refuses_to_overwrite_foreign_files(tmp_path, capsys):
     (tmp_path / "README.md").write_text("mine")
-    err = cli_error(["import", str(generator_file("cut_antialias")), "--output",
-                     str(tmp_path)], capsys)
+    err = cli_error(
+        ["import", str(generator_file("cut_antialias")), "--output", str(tmp_path)], capsys
+    )
     assert "is not from a patchcontrast export" in err
     assert (tmp_path / "README.md").read_text() == "mine"
 
@@ -245,14 +308,17 @@ def bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
     state = official_state()
     state["model.30.weight"] = torch.zeros(1)
     add("extra layer", state, "unexpected model.30.weight", save=True)
-    add("stylegan", {"mapping.0.weight": torch.zeros(2, 2)}, "not an official ResNet",
-        save=True)
+    add("stylegan", {"mapping.0.weight": torch.zeros(2, 2)}, "not an official ResNet", save=True)
     add("two channels", official_state(input_nc=2), "2 input channels", save=True)
     state = official_state()
     state["model.2.running_mean"] = torch.zeros(4)
     add("batch norm", state, "batch norm", save=True)
-    add("no norm", {k: v for k, v in official_state().items() if not k.endswith(".bias")},
-        "without normalisation", save=True)
+    add(
+        "no norm",
+        {k: v for k, v in official_state().items() if not k.endswith(".bias")},
+        "without normalisation",
+        save=True,
+    )
     state = official_state()
     state["model.7.filt"] = state["model.7.filt"] * 2
     add("other filter", state, "anti-aliasing filter model.7.filt", save=True)
@@ -261,9 +327,18 @@ def bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
 
 def test_every_wrong_file_is_refused_with_a_one_line_error(tmp_path, capsys):
     for name, (path, phrase) in bad_files(tmp_path).items():
-        for argv in (["import", str(path), "--output", str(tmp_path / "out")],
-                     ["translate", "--checkpoint", str(path), "--input", str(INPUT),
-                      "--output", str(tmp_path / "out")]):
+        for argv in (
+            ["import", str(path), "--output", str(tmp_path / "out")],
+            [
+                "translate",
+                "--checkpoint",
+                str(path),
+                "--input",
+                str(INPUT),
+                "--output",
+                str(tmp_path / "out"),
+            ],
+        ):
             err = cli_error(argv, capsys)
             assert str(path) in err and phrase in err, (name, err)
     assert not (tmp_path / "marker").exists()  # the pickled code never ran

@@ -13,10 +13,20 @@ from patchcontrast.data import write_generated_dataset
 from patchcontrast.evaluate import evaluate_run
 from patchcontrast.pipeline import comparison_grid, latest_checkpoint, train, translate
 
-TINY = ["model.ngf=8", "model.ndf=8", "model.netF_nc=16", "model.num_patches=32",
-        "data.load_size=36", "data.crop_size=32", "data.builtin_train=8", "data.builtin_test=4",
-        "train.batch_size=2", "train.log_every=1", "train.sample_every=2",
-        "train.checkpoint_every=2"]
+TINY = [
+    "model.ngf=8",
+    "model.ndf=8",
+    "model.netF_nc=16",
+    "model.num_patches=32",
+    "data.load_size=36",
+    "data.crop_size=32",
+    "data.builtin_train=8",
+    "data.builtin_test=4",
+    "train.batch_size=2",
+    "train.log_every=1",
+    "train.sample_every=2",
+    "train.checkpoint_every=2",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -25,8 +35,9 @@ def cache(tmp_path, monkeypatch):
 
 
 def tiny(tmp_path, preset="cut-monce", *extra):
-    return resolve_config(preset, "cpu", run_dir=str(tmp_path / "run"),
-                          overrides=[*TINY, "train.max_steps=4", *extra])
+    return resolve_config(
+        preset, "cpu", run_dir=str(tmp_path / "run"), overrides=[*TINY, "train.max_steps=4", *extra]
+    )
 
 
 def test_train_then_translate_any_size(tmp_path):
@@ -62,10 +73,16 @@ def test_resume_continues_to_the_same_weights(tmp_path):
 
 
 def test_train_on_a_folder_dataset(tmp_path):
-    write_generated_dataset(tmp_path / "data", n_train=4, n_test=2, size=(36, 36),
-                            progress=False)
-    summary = train(tiny(tmp_path, "cut-put", f"data.dataroot={tmp_path / 'data'}",
-                         "train.max_steps=2", "model.loss_options={k_neg: 4}"))
+    write_generated_dataset(tmp_path / "data", n_train=4, n_test=2, size=(36, 36), progress=False)
+    summary = train(
+        tiny(
+            tmp_path,
+            "cut-put",
+            f"data.dataroot={tmp_path / 'data'}",
+            "train.max_steps=2",
+            "model.loss_options={k_neg: 4}",
+        )
+    )
     assert summary["step"] == 2
 
 
@@ -76,13 +93,18 @@ def test_cli_dry_run_prints_the_config(capsys):
     assert cfg["model"]["flip_equivariance"] is True
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--set", "train.batch_size=0"], "batch_size must be an integer >= 1"),
-    (["train", "--set", "model.contrastive=infonce"], "contrastive must be one of"),
-    (["train", "--dataroot", "/nonexistent/folder", "--max-steps", "1"], "/nonexistent/folder"),
-    (["translate", "--checkpoint", "/nonexistent", "--input", ".", "--output", "out"],
-     "no checkpoint found"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--set", "train.batch_size=0"], "batch_size must be an integer >= 1"),
+        (["train", "--set", "model.contrastive=infonce"], "contrastive must be one of"),
+        (["train", "--dataroot", "/nonexistent/folder", "--max-steps", "1"], "/nonexistent/folder"),
+        (
+            ["translate", "--checkpoint", "/nonexistent", "--input", ".", "--output", "out"],
+            "no checkpoint found",
+        ),
+    ],
+)
 def test_cli_errors_are_clear(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, *(["--run-dir", str(tmp_path / "r")] if argv[0] == "train" else [])])
@@ -97,23 +119,69 @@ def test_cli_train_and_translate(tmp_path, capsys):
     for item in TINY:
         args += ["--set", item]
     assert main(args) == 0
-    write_generated_dataset(tmp_path / "data", n_train=1, n_test=2, size=(40, 44),
-                            progress=False)
-    assert main(["translate", "--checkpoint", run, "--input", str(tmp_path / "data/testA"),
-                 "--output", str(tmp_path / "out")]) == 0
+    write_generated_dataset(tmp_path / "data", n_train=1, n_test=2, size=(40, 44), progress=False)
+    assert (
+        main(
+            [
+                "translate",
+                "--checkpoint",
+                run,
+                "--input",
+                str(tmp_path / "data/testA"),
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     assert "wrote 2 images" in capsys.readouterr().out
-    assert main(["translate", "--checkpoint", run, "--input", str(tmp_path / "data/testA"),
-                 "--output", str(tmp_path / "small"), "--size", "24", "28"]) == 0
+    assert (
+        main(
+            [
+                "translate",
+                "--checkpoint",
+                run,
+                "--input",
+                str(tmp_path / "data/testA"),
+                "--output",
+                str(tmp_path / "small"),
+                "--size",
+                "24",
+                "28",
+            ]
+        )
+        == 0
+    )
     assert {Image.open(p).size for p in (tmp_path / "small").glob("*.png")} == {(28, 24)}
     with pytest.raises(SystemExit):
-        main(["translate", "--checkpoint", run, "--input", str(tmp_path / "data/testA"),
-              "--output", str(tmp_path / "bad"), "--size", "1", "2", "3"])
+        main(
+            [
+                "translate",
+                "--checkpoint",
+                run,
+                "--input",
+                str(tmp_path / "data/testA"),
+                "--output",
+                str(tmp_path / "bad"),
+                "--size",
+                "1",
+                "2",
+                "3",
+            ]
+        )
     assert "--size takes one side or HEIGHT WIDTH" in capsys.readouterr().err
 
 
 def test_train_non_square(tmp_path):
-    summary = train(tiny(tmp_path, "cut", "data.load_size=[36, 52]", "data.crop_size=[32, 48]",
-                         "train.max_steps=1"))
+    summary = train(
+        tiny(
+            tmp_path,
+            "cut",
+            "data.load_size=[36, 52]",
+            "data.crop_size=[32, 48]",
+            "train.max_steps=1",
+        )
+    )
     assert summary["step"] == 1
     grid = next((tmp_path / "run/samples").glob("*.png"))
     from PIL import Image
@@ -123,10 +191,22 @@ def test_train_non_square(tmp_path):
 
 
 def test_sincut_on_the_built_in_single_image_pair(tmp_path):
-    cfg = resolve_config("sincut", "cpu", run_dir=str(tmp_path / "run"), overrides=[
-        "model.ngf=4", "model.ndf=4", "model.netF_nc=16", "data.crop_size=32",
-        "data.virtual_size=8", "train.batch_size=4", "train.max_steps=2",
-        "train.checkpoint_every=2", "train.sample_every=2"])
+    cfg = resolve_config(
+        "sincut",
+        "cpu",
+        run_dir=str(tmp_path / "run"),
+        overrides=[
+            "model.ngf=4",
+            "model.ndf=4",
+            "model.netF_nc=16",
+            "data.crop_size=32",
+            "data.virtual_size=8",
+            "train.batch_size=4",
+            "train.max_steps=2",
+            "train.checkpoint_every=2",
+            "train.sample_every=2",
+        ],
+    )
     summary = train(cfg)
     assert summary["step"] == 2
     stats = [json.loads(line) for line in (tmp_path / "run/stats.jsonl").read_text().splitlines()]
@@ -146,24 +226,36 @@ def test_sincut_on_the_built_in_single_image_pair(tmp_path):
 def test_time_budget_plans_the_schedule_and_resume_keeps_it(tmp_path, capsys, monkeypatch):
     from patchcontrast import pipeline
 
-    monkeypatch.setattr(pipeline.Trainer, "time_iterations",
-                        lambda self, n=8, warmup=2: {"iteration": 0.5, "sample": 1.0,
-                                                     "checkpoint": 2.0})
-    cfg = resolve_config("cut", "cpu", run_dir=str(tmp_path / "run"),
-                         overrides=[*TINY, "train.n_epochs=1", "train.n_epochs_decay=3"])
+    monkeypatch.setattr(
+        pipeline.Trainer,
+        "time_iterations",
+        lambda self, n=8, warmup=2: {"iteration": 0.5, "sample": 1.0, "checkpoint": 2.0},
+    )
+    cfg = resolve_config(
+        "cut",
+        "cpu",
+        run_dir=str(tmp_path / "run"),
+        overrides=[*TINY, "train.n_epochs=1", "train.n_epochs_decay=3"],
+    )
     planned, plan = pipeline.plan_time_budget(cfg, 20.0)
     # 20 s * 0.9 safety / (0.5 + 1.0 / 2 + 2.0 / 2) s per iteration, minus the planning time
     assert plan["iterations"] in (8, 9) and plan["constant"] == round(plan["iterations"] / 4)
     t = planned.train
-    assert (t.schedule_unit, t.n_epochs + t.n_epochs_decay, t.time_budget_s) == \
-        ("step", plan["iterations"], 20.0)
+    assert (t.schedule_unit, t.n_epochs + t.n_epochs_decay, t.time_budget_s) == (
+        "step",
+        plan["iterations"],
+        20.0,
+    )
     with pytest.raises(ValueError, match="give a larger budget"):
         pipeline.plan_time_budget(cfg, 1.0)
     summary = train(replace_steps(cfg, 3), time_budget_s=20.0)
     assert "time budget 20 s" in capsys.readouterr().out and summary["step"] == 3
     saved = json.loads((tmp_path / "run/config.json").read_text())["train"]
-    monkeypatch.setattr(pipeline.Trainer, "time_iterations",
-                        lambda self, n=8, warmup=2: pytest.fail("a resume must not re-plan"))
+    monkeypatch.setattr(
+        pipeline.Trainer,
+        "time_iterations",
+        lambda self, n=8, warmup=2: pytest.fail("a resume must not re-plan"),
+    )
     resumed = train(replace_steps(cfg, None), resume=True, time_budget_s=999.0)
     assert "keeping the run's plan" in capsys.readouterr().out
     assert resumed["step"] == saved["n_epochs"] + saved["n_epochs_decay"]
@@ -188,8 +280,9 @@ def test_time_iterations_measures_a_throwaway_trainer(tmp_path):
     assert all(0 < v < 60 for v in timing.values())
 
 
-@pytest.mark.parametrize("text, seconds", [("30m", 1800), ("90s", 90), ("1h30m", 5400),
-                                           ("2.5h", 9000), ("600", 600)])
+@pytest.mark.parametrize(
+    "text, seconds", [("30m", 1800), ("90s", 90), ("1h30m", 5400), ("2.5h", 9000), ("600", 600)]
+)
 def test_parse_duration(text, seconds):
     from patchcontrast.cli import parse_duration
 
@@ -215,7 +308,8 @@ def test_demo_reports_the_baseline_and_runs_again(tmp_path, capsys):
         assert key in scores["translated"] and key in scores["untranslated"]
     assert scores["untranslated"]["domain_b"] <= 0.25  # the inputs are A images
     assert first["swd_ratio_to_untranslated"] == pytest.approx(
-        scores["translated"]["swd_avg"] / scores["untranslated"]["swd_avg"])
+        scores["translated"]["swd_avg"] / scores["untranslated"]["swd_avg"]
+    )
     saved = json.loads((tmp_path / "run/metrics.json").read_text())
     assert saved["metrics"]["translated"] == pytest.approx(scores["translated"])
     assert "untranslated" in format_demo(first)

@@ -19,11 +19,22 @@ from patchcontrast.data.paired import FACADES_PALETTE
 from patchcontrast.evaluate import evaluate_run
 from patchcontrast.pipeline import latest_checkpoint, read_input, resize_input, train, translate
 
-TINY = ["model.ngf=4", "model.ndf=4", "model.n_layers_d=2", "model.num_patches=16",
-        "model.vgg_source=random", "model.allow_random_vgg=true",
-        "data.load_size=36", "data.crop_size=32", "data.builtin_train=6", "data.builtin_test=3",
-        "train.batch_size=2", "train.log_every=1", "train.sample_every=2",
-        "train.checkpoint_every=2"]
+TINY = [
+    "model.ngf=4",
+    "model.ndf=4",
+    "model.n_layers_d=2",
+    "model.num_patches=16",
+    "model.vgg_source=random",
+    "model.allow_random_vgg=true",
+    "data.load_size=36",
+    "data.crop_size=32",
+    "data.builtin_train=6",
+    "data.builtin_test=3",
+    "train.batch_size=2",
+    "train.log_every=1",
+    "train.sample_every=2",
+    "train.checkpoint_every=2",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -33,8 +44,9 @@ def cache(tmp_path, monkeypatch):
 
 
 def tiny(tmp_path, preset="spade-monce", *extra, run="run"):
-    return resolve_config(preset, "cpu", run_dir=str(tmp_path / run),
-                          overrides=[*TINY, "train.max_steps=4", *extra])
+    return resolve_config(
+        preset, "cpu", run_dir=str(tmp_path / run), overrides=[*TINY, "train.max_steps=4", *extra]
+    )
 
 
 def test_train_translate_evaluate_and_resume(tmp_path):
@@ -48,7 +60,8 @@ def test_train_translate_evaluate_and_resume(tmp_path):
     labels = tmp_path / "labels"
     labels.mkdir()
     Image.fromarray(np.random.default_rng(0).integers(0, 8, (40, 70), np.uint8)).save(
-        labels / "odd.png")
+        labels / "odd.png"
+    )
     written = translate(run, labels, tmp_path / "out", progress=False)
     assert Image.open(written[0]).size == (70, 40)
     small = translate(run, labels, tmp_path / "small", progress=False, size=(20, 36))
@@ -60,8 +73,9 @@ def test_train_translate_evaluate_and_resume(tmp_path):
     assert summary["n_checkpoints"] == 2 and summary["n_fake"] == 3
     assert (run / "eval/metrics.csv").is_file() and (run / "eval/metrics.png").is_file()
     # resume: half + resume == straight
-    half = tiny(tmp_path, "spade-monce", "train.deterministic=true", "train.max_steps=2",
-                run="half")
+    half = tiny(
+        tmp_path, "spade-monce", "train.deterministic=true", "train.max_steps=2", run="half"
+    )
     train(half)
     train(tiny(tmp_path, "spade-monce", "train.deterministic=true", run="half"), resume=True)
     a = torch.load(latest_checkpoint(run), weights_only=True)["objective"]
@@ -85,8 +99,15 @@ def _pix2pix_folder(root, n=4, size=32):
 
 def test_side_by_side_pairs_train_translate_and_evaluate(tmp_path):
     root = _pix2pix_folder(tmp_path / "facades")
-    cfg = tiny(tmp_path, "spade-percep", f"data.dataroot={root}", "data.layout=side_by_side",
-               "data.palette=facades", "model.label_nc=12", "train.max_steps=2")
+    cfg = tiny(
+        tmp_path,
+        "spade-percep",
+        f"data.dataroot={root}",
+        "data.layout=side_by_side",
+        "data.palette=facades",
+        "model.label_nc=12",
+        "train.max_steps=2",
+    )
     train(cfg)
     out = translate(tmp_path / "run", root / "test", tmp_path / "out", progress=False)
     assert len(out) == 4 and Image.open(out[0]).size == (32, 32)
@@ -102,23 +123,50 @@ def test_cli_errors_for_paired_runs(tmp_path, capsys):
         (data / f"{phase}_img").mkdir()
         for i in range(2):
             Image.fromarray(np.full((32, 32), 9 if i else 1, np.uint8)).save(
-                data / f"{phase}_label/{i}.png")
+                data / f"{phase}_label/{i}.png"
+            )
             Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(data / f"{phase}_img/{i}.png")
-    argv = ["train", "--preset", "spade-percep", "--dataroot", str(data), "--run-dir",
-            str(tmp_path / "run"), *sum((["--set", o] for o in TINY), [])]
+    argv = [
+        "train",
+        "--preset",
+        "spade-percep",
+        "--dataroot",
+        str(data),
+        "--run-dir",
+        str(tmp_path / "run"),
+        *sum((["--set", o] for o in TINY), []),
+    ]
     with pytest.raises(SystemExit):
         main(argv)
     err = capsys.readouterr().err
     assert "1.png" in err and "9" in err
     with pytest.raises(SystemExit):
-        main(["train", "--preset", "spade-percep", "--set", "data.crop_size=48",
-              "--run-dir", str(tmp_path / "r2"), "--dry-run"])
+        main(
+            [
+                "train",
+                "--preset",
+                "spade-percep",
+                "--set",
+                "data.crop_size=48",
+                "--run-dir",
+                str(tmp_path / "r2"),
+                "--dry-run",
+            ]
+        )
     assert "multiples of 32" in capsys.readouterr().err
 
 
 def test_translate_applies_the_label_offset(tmp_path):
-    cfg = resolve_config("spade-monce", "cpu", overrides=[
-        "model.label_nc=3", "model.dont_care=true", "data.ignore_value=0", "data.label_offset=1"])
+    cfg = resolve_config(
+        "spade-monce",
+        "cpu",
+        overrides=[
+            "model.label_nc=3",
+            "model.dont_care=true",
+            "data.ignore_value=0",
+            "data.label_offset=1",
+        ],
+    )
     stored = np.array([[0, 1, 2, 3]], np.uint8)
     Image.fromarray(stored).save(tmp_path / "ade.png")
     assert read_input(tmp_path / "ade.png", cfg).tolist() == [[[3, 0, 1, 2]]]
@@ -126,5 +174,8 @@ def test_translate_applies_the_label_offset(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.png: label values \[4\] outside 0\.\.3"):
         read_input(tmp_path / "bad.png", cfg)  # stored 5 - offset 1 = 4: not a class id
     with pytest.raises(ValueError, match="label_offset applies to layout='folders'"):
-        resolve_config("spade-monce", "cpu", overrides=[
-            "data.layout=side_by_side", "data.palette=facades", "data.label_offset=1"])
+        resolve_config(
+            "spade-monce",
+            "cpu",
+            overrides=["data.layout=side_by_side", "data.palette=facades", "data.label_offset=1"],
+        )

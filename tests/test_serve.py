@@ -33,10 +33,22 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model.ngf=8", "model.ndf=8", "model.netF_nc=16", "model.num_patches=32",
-        "model.n_blocks=2", "data.load_size=36", "data.crop_size=32", "data.builtin_train=4",
-        "data.builtin_test=2", "train.batch_size=2", "train.log_every=1",
-        "train.sample_every=100", "train.checkpoint_every=2", "train.max_steps=2"]
+TINY = [
+    "model.ngf=8",
+    "model.ndf=8",
+    "model.netF_nc=16",
+    "model.num_patches=32",
+    "model.n_blocks=2",
+    "data.load_size=36",
+    "data.crop_size=32",
+    "data.builtin_train=4",
+    "data.builtin_test=2",
+    "train.batch_size=2",
+    "train.log_every=1",
+    "train.sample_every=100",
+    "train.checkpoint_every=2",
+    "train.max_steps=2",
+]
 # small limits, so that the refusals are tested with small files
 LIMITS = Limits(max_bytes=64 * 1024, max_pixels=200_000)
 SCREENSHOT = ROOT / "docs" / "serve.png"
@@ -71,8 +83,9 @@ def models(root):
 def serving(models, examples, limits: Limits):
     """The page on a free port, served by uvicorn in a thread: its address."""
     sock = listen("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(models, limits=limits, examples=examples), log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(models, limits=limits, examples=examples), log_level="warning")
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -111,16 +124,20 @@ def pixels(png: bytes) -> np.ndarray:
 
 
 def post(client, route: str, data: bytes, model: str = "run", name: str = "x.png", **params):
-    return client.post(f"/api/{route}", content=data,
-                       params={"model": model, "name": name, **params})
+    return client.post(
+        f"/api/{route}", content=data, params={"model": model, "name": name, **params}
+    )
 
 
 def header_only_png(width: int, height: int) -> bytes:
     """A PNG that declares ``width`` x ``height`` pixels and holds none: a decompression bomb's
     header, refused before anything is decoded."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data)))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
@@ -151,17 +168,28 @@ def test_a_translation_is_the_png_that_translate_writes(model, image, client, ro
 def test_resize_is_translate_size(client, root):
     answer = post(client, "translate", (root / "noise.png").read_bytes(), resize="1")
     assert pixels(answer.content).shape == (32, 32, 3)
-    np.testing.assert_array_equal(pixels(answer.content),
-                                  translated(root / "run", root / "noise.png", "32"))
+    np.testing.assert_array_equal(
+        pixels(answer.content), translated(root / "run", root / "noise.png", "32")
+    )
 
 
-@pytest.mark.parametrize("case", ["not an image", "truncated", "empty", "too many bytes",
-                                  "too many pixels", "decompression bomb", "unknown model"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "not an image",
+        "truncated",
+        "empty",
+        "too many bytes",
+        "too many pixels",
+        "decompression bomb",
+        "unknown model",
+    ],
+)
 def test_a_bad_upload_gets_a_message_and_the_server_goes_on(case, client, root):
     good = (root / "animal.png").read_bytes()
     data, model = {
         "not an image": (b"name,value\nhello,1\n", "run"),
-        "truncated": (good[:len(good) * 2 // 3], "run"),
+        "truncated": (good[: len(good) * 2 // 3], "run"),
         "empty": (b"", "run"),
         "too many bytes": (os.urandom(LIMITS.max_bytes + 1), "run"),
         "too many pixels": (_png(Image.new("RGB", (600, 400))), "run"),
@@ -173,8 +201,11 @@ def test_a_bad_upload_gets_a_message_and_the_server_goes_on(case, client, root):
         "truncated": (415, "up.png could not be decoded (image file is truncated"),
         "empty": (400, "no image received"),
         "too many bytes": (413, "the upload exceeds 0.0625 MB"),
-        "too many pixels": (413, "up.png has 600x400 pixels (0.2 megapixels); this server "
-                            "translates images up to 0.2 megapixels (serve --max-megapixels)"),
+        "too many pixels": (
+            413,
+            "up.png has 600x400 pixels (0.2 megapixels); this server "
+            "translates images up to 0.2 megapixels (serve --max-megapixels)",
+        ),
         "decompression bomb": (413, "up.png has too many pixels"),
         "unknown model": (404, "no model 'nope' on this server; it serves run, model"),
     }[case]
@@ -199,8 +230,9 @@ def test_a_failure_inside_is_one_line_and_the_server_goes_on(client, models, roo
     finally:
         del objective.translate
     assert answer.status_code == 500
-    assert answer.json() == {"error": "the server failed on this request (RuntimeError: out of "
-                             "memory (simulated))"}
+    assert answer.json() == {
+        "error": "the server failed on this request (RuntimeError: out of memory (simulated))"
+    }
     assert "Traceback" in capsys.readouterr().err  # for the console, not the page
     assert post(client, "translate", data).status_code == 200
 
@@ -213,16 +245,16 @@ def test_diagnostics_are_those_of_diagnose(client, root, tmp_path):
     shutil.copy(root / "animal.png", folder)
     expected = diagnose(root / "run", folder, tmp_path / "diag", progress=False)
     assert report["layers"] == expected["layers"]
-    plan = {k: v for k, v in expected["transport_plan"].items()
-            if k not in ("image", "options")}
+    plan = {k: v for k, v in expected["transport_plan"].items() if k not in ("image", "options")}
     assert report["transport_plan"] == plan
     for figure in ("histogram", "plan"):
         png = base64.b64decode(report[figure].removeprefix("data:image/png;base64,"))
         assert Image.open(io.BytesIO(png)).format == "PNG"
     answer = post(client, "diagnose", data, model="model")
     assert answer.status_code == 409
-    assert answer.json()["error"].startswith("not available for this model: it holds the "
-                                             "generator alone")
+    assert answer.json()["error"].startswith(
+        "not available for this model: it holds the generator alone"
+    )
 
 
 class CountingLock:
@@ -250,19 +282,22 @@ def wait_for(condition, timeout: float = 30.0, what: str = "") -> None:
         time.sleep(0.02)
 
 
-def test_concurrent_clients_each_get_their_own_result_and_the_page_stays_up(server, models,
-                                                                            root):
+def test_concurrent_clients_each_get_their_own_result_and_the_page_stays_up(server, models, root):
     url = server
     lock = models[0].lock = CountingLock()
     results = {}
 
     def request(image):
         with httpx.Client(trust_env=False, timeout=60) as http:
-            results[image] = http.post(f"{url}/api/translate", content=(root / image).read_bytes(),
-                                       params={"model": "run", "name": image})
+            results[image] = http.post(
+                f"{url}/api/translate",
+                content=(root / image).read_bytes(),
+                params={"model": "run", "name": image},
+            )
 
-    threads = [threading.Thread(target=request, args=(image,))
-               for image in ("animal.png", "noise.png")]
+    threads = [
+        threading.Thread(target=request, args=(image,)) for image in ("animal.png", "noise.png")
+    ]
     with lock.lock:  # both translations wait while another request is answered
         for thread in threads:
             thread.start()
@@ -272,21 +307,37 @@ def test_concurrent_clients_each_get_their_own_result_and_the_page_stays_up(serv
         thread.join(timeout=60)
     for image, answer in results.items():
         assert answer.status_code == 200
-        np.testing.assert_array_equal(pixels(answer.content),
-                                      translated(root / "run", root / image))
+        np.testing.assert_array_equal(
+            pixels(answer.content), translated(root / "run", root / image)
+        )
 
 
 def test_the_command_serves_until_ctrl_c_and_warns_about_other_machines(root):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "patchcontrast", "serve", "--model", str(root / "model"),
-         "--host", "0.0.0.0", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "patchcontrast",
+            "serve",
+            "--model",
+            str(root / "model"),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         warning = process.stderr.readline()
         line = process.stdout.readline()
-        assert warning.startswith("warning: --host 0.0.0.0: the page is reachable from other "
-                                  "machines"), warning
+        assert warning.startswith(
+            "warning: --host 0.0.0.0: the page is reachable from other machines"
+        ), warning
         assert line.startswith("serving 1 model (model) on http://127.0.0.1:"), line
         url = line.split(" on ")[1].split()[0]
         wait_for(lambda: _answers(url), timeout=30, what="the command's server")
@@ -325,7 +376,8 @@ def test_command_line_errors_are_one_line(root, monkeypatch, capsys):
     monkeypatch.setattr(serve, "DEPENDENCIES", ("starlette", "no_such_module_for_serve"))
     assert error(["--model", str(root / "model")]) == (
         "patchcontrast serve: error: patchcontrast serve needs no_such_module_for_serve: "
-        "pip install 'patchcontrast[serve]'")
+        "pip install 'patchcontrast[serve]'"
+    )
 
 
 def _png(image: Image.Image) -> bytes:
@@ -338,12 +390,20 @@ def chromium():
     """A headless Chromium driven by Debian's chromedriver, or a skip; under CI (CI=true), whose
     `make test` installs them, a missing piece is a failure."""
     binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    missing = [name for name, found in (("chromium", binary), ("chromedriver", driver),
-                                        ("selenium", importlib.util.find_spec("selenium")))
-               if not found]
+    missing = [
+        name
+        for name, found in (
+            ("chromium", binary),
+            ("chromedriver", driver),
+            ("selenium", importlib.util.find_spec("selenium")),
+        )
+        if not found
+    ]
     if missing:
-        message = (f"the browser test needs {' and '.join(missing)} (`make browser` installs "
-                   "Debian's chromium and chromium-driver, the test extra selenium)")
+        message = (
+            f"the browser test needs {' and '.join(missing)} (`make browser` installs "
+            "Debian's chromium and chromium-driver, the test extra selenium)"
+        )
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
@@ -352,14 +412,19 @@ def chromium():
 
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--disable-gpu", "--window-size=1120,1500", "--no-proxy-server"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1120,1500",
+        "--no-proxy-server",
+    ):
         options.add_argument(argument)
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
-def test_the_page_in_a_browser_shows_the_translation_that_translate_writes(models, root,
-                                                                           tmp_path):
+def test_the_page_in_a_browser_shows_the_translation_that_translate_writes(models, root, tmp_path):
     """Upload in Chromium while another client translates; the page shows (and offers for
     download) exactly the PNG of `patchcontrast translate`. PATCHCONTRAST_WRITE_SCREENSHOT=1
     writes the screenshot to docs/serve.png, with PATCHCONTRAST_SCREENSHOT_MODEL=PATH (e.g.
@@ -369,50 +434,75 @@ def test_the_page_in_a_browser_shows_the_translation_that_translate_writes(model
 
     shot = os.environ.get("PATCHCONTRAST_SCREENSHOT_MODEL")
     served = load_models([shot]) if shot else models
-    upload = (find_examples(None, served) or [root / "animal.png"])[0] if shot \
-        else root / "animal.png"
+    upload = (
+        (find_examples(None, served) or [root / "animal.png"])[0] if shot else root / "animal.png"
+    )
     model, key = served[0], served[0].key
     lock = model.lock = CountingLock()
     browser = chromium()
     try:
         with serving(served, [upload, root / "noise.png"], Limits()) as url:
             browser.get(url)
-            WebDriverWait(browser, 30).until(lambda b: b.find_element(
-                By.TAG_NAME, "body").get_attribute("data-state") == "ready")
+            WebDriverWait(browser, 30).until(
+                lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "ready"
+            )
             other = {}
             with lock.lock:  # the page and another client translate at the same time
                 browser.find_element(By.ID, "file").send_keys(str(upload))
-                client = threading.Thread(target=lambda: other.update(answer=httpx.post(
-                    f"{url}/api/translate", content=(root / "noise.png").read_bytes(),
-                    params={"model": key, "name": "noise.png"}, trust_env=False, timeout=60)))
+                client = threading.Thread(
+                    target=lambda: other.update(
+                        answer=httpx.post(
+                            f"{url}/api/translate",
+                            content=(root / "noise.png").read_bytes(),
+                            params={"model": key, "name": "noise.png"},
+                            trust_env=False,
+                            timeout=60,
+                        )
+                    )
+                )
                 client.start()
                 wait_for(lambda: lock.waiting == 2, what="the page's and the client's requests")
                 # the upload is complete and the translation waits: the progress bar is full
-                WebDriverWait(browser, 30).until(lambda b: b.find_element(
-                    By.ID, "message").text == "translating")
+                WebDriverWait(browser, 30).until(
+                    lambda b: b.find_element(By.ID, "message").text == "translating"
+                )
                 progress = browser.find_element(By.ID, "progress")
                 assert progress.is_displayed() and float(progress.get_attribute("value")) == 1
             client.join(timeout=60)
-            WebDriverWait(browser, 60).until(lambda b: b.find_element(
-                By.TAG_NAME, "body").get_attribute("data-state") in ("done", "error"))
+            WebDriverWait(browser, 60).until(
+                lambda b: (
+                    b.find_element(By.TAG_NAME, "body").get_attribute("data-state")
+                    in ("done", "error")
+                )
+            )
             message = browser.find_element(By.ID, "message").text
             assert message == f"translated {upload.name} with {key}"
             assert not browser.find_element(By.ID, "progress").is_displayed()
             shown = base64.b64decode(browser.execute_async_script(FETCH_IMAGE, "output-image"))
             np.testing.assert_array_equal(pixels(shown), translated(model.source, upload))
-            np.testing.assert_array_equal(pixels(other["answer"].content),
-                                          translated(model.source, root / "noise.png"))
+            np.testing.assert_array_equal(
+                pixels(other["answer"].content), translated(model.source, root / "noise.png")
+            )
             download = browser.find_element(By.ID, "download")
             assert download.get_attribute("download") == f"{upload.stem}_translated.png"
-            assert download.get_attribute("href") == \
-                browser.find_element(By.ID, "output-image").get_attribute("src")
-            WebDriverWait(browser, 60).until(lambda b: b.find_element(
-                By.ID, "diagnostics").get_attribute("data-state") == "done")
+            assert download.get_attribute("href") == browser.find_element(
+                By.ID, "output-image"
+            ).get_attribute("src")
+            WebDriverWait(browser, 60).until(
+                lambda b: b.find_element(By.ID, "diagnostics").get_attribute("data-state") == "done"
+            )
             for figure in ("histogram", "plan"):
-                assert browser.execute_script(
-                    f"return document.getElementById('{figure}').naturalWidth") > 100
-            target = SCREENSHOT if os.environ.get("PATCHCONTRAST_WRITE_SCREENSHOT") == "1" \
+                assert (
+                    browser.execute_script(
+                        f"return document.getElementById('{figure}').naturalWidth"
+                    )
+                    > 100
+                )
+            target = (
+                SCREENSHOT
+                if os.environ.get("PATCHCONTRAST_WRITE_SCREENSHOT") == "1"
                 else tmp_path / "serve.png"
+            )
             assert browser.save_screenshot(str(target))
             Image.open(target).verify()
             # a file that is no image: a message on the page, and the page goes on translating
@@ -420,11 +510,17 @@ def test_the_page_in_a_browser_shows_the_translation_that_translate_writes(model
             messages = []
             for file, state in ((tmp_path / "notes.png", "error"), (upload, "done")):
                 browser.find_element(By.ID, "file").send_keys(str(file))
-                WebDriverWait(browser, 60).until(lambda b, state=state: b.find_element(
-                    By.TAG_NAME, "body").get_attribute("data-state") == state)
+                WebDriverWait(browser, 60).until(
+                    lambda b, state=state: (
+                        b.find_element(By.TAG_NAME, "body").get_attribute("data-state") == state
+                    )
+                )
                 messages.append(browser.find_element(By.ID, "message").text)
-            assert messages == ["notes.png is not an image that this server reads (PNG, JPEG, "
-                                "BMP, TIFF, WebP, ...)", f"translated {upload.name} with {key}"]
+            assert messages == [
+                "notes.png is not an image that this server reads (PNG, JPEG, "
+                "BMP, TIFF, WebP, ...)",
+                f"translated {upload.name} with {key}",
+            ]
     finally:
         browser.quit()
 
@@ -440,4 +536,3 @@ fetch(document.getElementById(arguments[0]).src)
     done(btoa(text));
   });
 """
-

@@ -36,7 +36,7 @@ def test_the_blend_weights_sum_to_one(shape, tile, overlap):
     total = torch.zeros(shape, dtype=torch.float64)
     for top, left, weight in blend_weights(*shape, tile, overlap, multiple=4):
         assert weight.min() > 0
-        total[top:top + weight.shape[0], left:left + weight.shape[1]] += weight
+        total[top : top + weight.shape[0], left : left + weight.shape[1]] += weight
     assert torch.allclose(total, torch.ones(shape, dtype=torch.float64), atol=1e-6)
 
 
@@ -96,20 +96,50 @@ def test_bad_tile_sizes_are_refused():
 
 def test_translate_tile_on_the_command_line(tmp_path, capsys):
     source = tmp_path / "in.png"
-    Image.fromarray((np.random.default_rng(0).random((70, 90, 3)) * 255).astype(np.uint8)) \
-        .save(source)
-    for name, extra in (("whole", ["--tile", "0"]), ("tiled", ["--tile", "32"]),
-                        ("big", ["--tile", "512"])):
-        assert main(["translate", "--checkpoint", str(GENERATOR), "--input", str(source),
-                     "--output", str(tmp_path / name), *extra]) == 0
-    out = {n: np.asarray(Image.open(tmp_path / n / "in.png"), dtype=np.int64)
-           for n in ("whole", "tiled", "big")}
+    Image.fromarray((np.random.default_rng(0).random((70, 90, 3)) * 255).astype(np.uint8)).save(
+        source
+    )
+    for name, extra in (
+        ("whole", ["--tile", "0"]),
+        ("tiled", ["--tile", "32"]),
+        ("big", ["--tile", "512"]),
+    ):
+        assert (
+            main(
+                [
+                    "translate",
+                    "--checkpoint",
+                    str(GENERATOR),
+                    "--input",
+                    str(source),
+                    "--output",
+                    str(tmp_path / name),
+                    *extra,
+                ]
+            )
+            == 0
+        )
+    out = {
+        n: np.asarray(Image.open(tmp_path / n / "in.png"), dtype=np.int64)
+        for n in ("whole", "tiled", "big")
+    }
     assert out["tiled"].shape == out["whole"].shape == (70, 90, 3)
     assert np.array_equal(out["big"], out["whole"])
     assert not np.array_equal(out["tiled"], out["whole"])
     with pytest.raises(SystemExit) as exit_info:
-        main(["translate", "--checkpoint", str(GENERATOR), "--input", str(source), "--output",
-              str(tmp_path / "bad"), "--tile", "4"])
+        main(
+            [
+                "translate",
+                "--checkpoint",
+                str(GENERATOR),
+                "--input",
+                str(source),
+                "--output",
+                str(tmp_path / "bad"),
+                "--tile",
+                "4",
+            ]
+        )
     assert exit_info.value.code == 2 and "--tile must be at least" in capsys.readouterr().err
 
 
@@ -126,9 +156,29 @@ def test_large_batches_are_tiled_automatically(tmp_path, monkeypatch):
     monkeypatch.setattr(tiling, "AUTO_TILE", 32)
     source = tmp_path / "in.png"
     Image.fromarray(np.zeros((64, 65, 3), dtype=np.uint8)).save(source)
-    main(["translate", "--checkpoint", str(GENERATOR), "--input", str(source), "--output",
-          str(tmp_path / "a")])
+    main(
+        [
+            "translate",
+            "--checkpoint",
+            str(GENERATOR),
+            "--input",
+            str(source),
+            "--output",
+            str(tmp_path / "a"),
+        ]
+    )
     assert calls == [32]
-    main(["translate", "--checkpoint", str(GENERATOR), "--input", str(source), "--output",
-          str(tmp_path / "b"), "--tile", "0"])
+    main(
+        [
+            "translate",
+            "--checkpoint",
+            str(GENERATOR),
+            "--input",
+            str(source),
+            "--output",
+            str(tmp_path / "b"),
+            "--tile",
+            "0",
+        ]
+    )
     assert calls == [32]

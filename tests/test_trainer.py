@@ -57,11 +57,11 @@ class Pairs(Dataset):
 class Toy(Objective):
     phases = (Phase("D", ("D",)), Phase("G", ("G",), frozen=("D",)))
 
-    def __init__(self, kill_at=None, nan_at=None, abort_at=None, phases=None,
-                 sig=signal.SIGTERM):
+    def __init__(self, kill_at=None, nan_at=None, abort_at=None, phases=None, sig=signal.SIGTERM):
         super().__init__()
-        self.G = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Dropout(0.5),
-                               nn.Conv2d(4, 3, 3, padding=1), nn.Tanh())
+        self.G = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.Dropout(0.5), nn.Conv2d(4, 3, 3, padding=1), nn.Tanh()
+        )
         self.D = nn.Conv2d(3, 1, 3)
         if phases is not None:
             self.phases = phases
@@ -89,8 +89,11 @@ class Toy(Objective):
         if self.calls == self.abort_at:
             raise KeyboardInterrupt  # as a second Ctrl-C after the D step of this iteration
         grad = self.D.weight.grad
-        self._seen = (self.D.weight.requires_grad, None if grad is None else grad.clone(),
-                      self.D.weight.detach().clone())
+        self._seen = (
+            self.D.weight.requires_grad,
+            None if grad is None else grad.clone(),
+            self.D.weight.detach().clone(),
+        )
         gan = (self.D(self.fake) - 1).pow(2).mean()
         l1 = (self.fake - self.real_a).abs().mean()
         return gan + l1, {"G_GAN": gan.item(), "L1": l1.item()}
@@ -110,11 +113,20 @@ class Toy(Objective):
 
 def make(tmp_path, name="run", init_seed=0, toy=None, dataset=None, **kw):
     torch.manual_seed(init_seed)  # weight init is the caller's business
-    settings = dict(n_epochs=1, n_epochs_decay=2, batch_size=2, device="cpu", deterministic=True,
-                    log_every=2, sample_every=100, checkpoint_every=100)
+    settings = dict(
+        n_epochs=1,
+        n_epochs_decay=2,
+        batch_size=2,
+        device="cpu",
+        deterministic=True,
+        log_every=2,
+        sample_every=100,
+        checkpoint_every=100,
+    )
     cfg = TrainConfig(run_dir=str(tmp_path / name), **{**settings, **kw})
-    return Trainer(Toy(**(toy or {})), dataset or Pairs(), cfg,
-                   extra_config={"model": {"name": "toy"}})
+    return Trainer(
+        Toy(**(toy or {})), dataset or Pairs(), cfg, extra_config={"model": {"name": "toy"}}
+    )
 
 
 def assert_same_state(t1, t2):
@@ -135,12 +147,27 @@ def lines(run):
 
 
 # -- config -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("field, value", [
-    ("batch_size", 0), ("n_epochs", -1), ("n_epochs_decay", -2), ("log_every", 0),
-    ("sample_every", 0), ("checkpoint_every", 0), ("keep_last", 0), ("max_steps", 0),
-    ("num_workers", -1), ("seed", -1), ("seed", 2**32), ("batch_size", 1.5),
-    ("schedule_unit", "iter"), ("amp", "fp8"), ("device", "banana"), ("run_dir", ""),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("batch_size", 0),
+        ("n_epochs", -1),
+        ("n_epochs_decay", -2),
+        ("log_every", 0),
+        ("sample_every", 0),
+        ("checkpoint_every", 0),
+        ("keep_last", 0),
+        ("max_steps", 0),
+        ("num_workers", -1),
+        ("seed", -1),
+        ("seed", 2**32),
+        ("batch_size", 1.5),
+        ("schedule_unit", "iter"),
+        ("amp", "fp8"),
+        ("device", "banana"),
+        ("run_dir", ""),
+    ],
+)
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"TrainConfig.{field}"):
         TrainConfig(**{"run_dir": "x", field: value})
@@ -176,10 +203,13 @@ def test_linear_multiplier_matches_upstream_formula():
     assert upstream == pytest.approx([1, 1, 2 / 3, 1 / 3])
 
 
-@pytest.mark.parametrize("unit, per_iteration", [
-    ("epoch", [1, 1, 1, 1, 1, 1, 2 / 3, 2 / 3, 2 / 3, 1 / 3, 1 / 3, 1 / 3]),
-    ("step", [1, 1, 2 / 3, 1 / 3]),
-])
+@pytest.mark.parametrize(
+    "unit, per_iteration",
+    [
+        ("epoch", [1, 1, 1, 1, 1, 1, 2 / 3, 2 / 3, 2 / 3, 1 / 3, 1 / 3, 1 / 3]),
+        ("step", [1, 1, 2 / 3, 1 / 3]),
+    ],
+)
 def test_schedule_in_epochs_and_steps(tmp_path, unit, per_iteration):
     trainer = make(tmp_path, n_epochs=2, n_epochs_decay=2, schedule_unit=unit, log_every=1)
     assert trainer.total_steps == len(per_iteration)
@@ -227,14 +257,29 @@ def test_logs_samples_config_and_checkpoints(tmp_path):
 
     records = lines(run)
     assert [r["step"] for r in records] == [2, 4, 6, 8, 9]
-    assert set(records[0]) == {"step", "epoch", "lr/D", "lr/G", "loss/D", "loss/G", "D_real",
-                               "D_fake", "G_GAN", "L1", "sec_per_iter", "img_per_sec"}
+    assert set(records[0]) == {
+        "step",
+        "epoch",
+        "lr/D",
+        "lr/G",
+        "loss/D",
+        "loss/G",
+        "D_real",
+        "D_fake",
+        "G_GAN",
+        "L1",
+        "sec_per_iter",
+        "img_per_sec",
+    }
     assert records[1]["epoch"] == pytest.approx(4 / 3)
     assert result["stats"] == records[-1]
     assert list((run / "tb").glob("events.out.tfevents.*"))
 
     assert sorted(p.name for p in (run / "samples").iterdir()) == [
-        "step_00000004.png", "step_00000008.png", "step_00000009.png"]
+        "step_00000004.png",
+        "step_00000008.png",
+        "step_00000009.png",
+    ]
     grid = Image.open(run / "samples" / "step_00000009.png")
     # 2 images (rows) x 3 entries (columns) of 8x8, make_grid padding 2
     assert grid.mode == "RGB" and grid.size == (3 * 10 + 2, 2 * 10 + 2)
@@ -269,8 +314,11 @@ def test_refuses_a_used_run_dir(tmp_path):
 def test_resume_is_exact(tmp_path, unit, split):
     """9 iterations straight == `split` iterations + a fresh Trainer resuming + the rest; split 4
     is in the middle of an epoch, the LR decays within the run, G has a dropout."""
-    kw = dict(schedule_unit=unit, n_epochs=1 if unit == "epoch" else 3,
-              n_epochs_decay=2 if unit == "epoch" else 6)
+    kw = dict(
+        schedule_unit=unit,
+        n_epochs=1 if unit == "epoch" else 3,
+        n_epochs_decay=2 if unit == "epoch" else 6,
+    )
     straight = make(tmp_path, "straight", **kw)
     straight.fit()
     make(tmp_path, "split", max_steps=split, **kw).fit()
@@ -333,8 +381,10 @@ def test_abandoned_iteration(tmp_path):
 
 
 def test_workers_are_seeded_and_resume_exactly(tmp_path):
-    runs = [make(tmp_path, name, num_workers=2, dataset=Pairs(global_flip=False), **kw)
-            for name, kw in (("a", {}), ("b", {}), ("c", {"max_steps": 4}))]
+    runs = [
+        make(tmp_path, name, num_workers=2, dataset=Pairs(global_flip=False), **kw)
+        for name, kw in (("a", {}), ("b", {}), ("c", {"max_steps": 4}))
+    ]
     for t in runs:
         t.fit()
     assert_same_state(runs[0], runs[1])
@@ -354,8 +404,12 @@ def test_resume_from_an_older_checkpoint_sets_later_ones_aside(tmp_path):
     with pytest.warns(UserWarning, match="step_00000006.pt', 'step_00000009.pt"):
         make(tmp_path, checkpoint_every=3, keep_last=5).fit(resume=folder / "step_00000003.pt")
     assert sorted(p.name for p in folder.iterdir()) == [
-        "abandoned_step_00000006.pt", "abandoned_step_00000009.pt", "step_00000003.pt",
-        "step_00000006.pt", "step_00000009.pt"]
+        "abandoned_step_00000006.pt",
+        "abandoned_step_00000009.pt",
+        "step_00000003.pt",
+        "step_00000006.pt",
+        "step_00000009.pt",
+    ]
 
 
 # -- failures and seeds -------------------------------------------------------------------------

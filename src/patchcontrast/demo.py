@@ -48,10 +48,16 @@ class DemoConfig:
     def __post_init__(self) -> None:
         unknown = [name for name in self.losses if name not in CONTRASTIVE_LOSSES]
         if unknown:
-            raise ValueError(f"unknown loss {unknown[0]!r}; choose from "
-                             f"{', '.join(CONTRASTIVE_LOSSES)}")
-        for name, low in (("steps", 1), ("batch", 1), ("patches", 2), ("channels", 2),
-                          ("clusters", 1)):
+            raise ValueError(
+                f"unknown loss {unknown[0]!r}; choose from {', '.join(CONTRASTIVE_LOSSES)}"
+            )
+        for name, low in (
+            ("steps", 1),
+            ("batch", 1),
+            ("patches", 2),
+            ("channels", 2),
+            ("clusters", 1),
+        ):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low}; got {getattr(self, name)}")
         if self.noise < 0 or self.lr <= 0:
@@ -103,9 +109,14 @@ def train_head(name: str, world: PatchWorld, cfg: DemoConfig) -> dict:
         optim.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     seconds = time.perf_counter() - start
-    return {"loss": name, "options": cfg.loss_options.get(name, {}), "final_loss": loss.item(),
-            "top1_before": before, "top1_after": retrieval_accuracy(head, test_g, test_s),
-            "ms_per_step": 1e3 * seconds / cfg.steps}
+    return {
+        "loss": name,
+        "options": cfg.loss_options.get(name, {}),
+        "final_loss": loss.item(),
+        "top1_before": before,
+        "top1_after": retrieval_accuracy(head, test_g, test_s),
+        "ms_per_step": 1e3 * seconds / cfg.steps,
+    }
 
 
 def run_demo(cfg: DemoConfig) -> list[dict]:
@@ -113,12 +124,16 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
     print("patchcontrast demo:", json.dumps(asdict(cfg)))
     world = PatchWorld(cfg)
     results = [train_head(name, world, cfg) for name in cfg.losses]
-    print(f"\n| {'loss':9s} | {'top-1 before':>12s} | {'top-1 after':>11s} | "
-          f"{'final loss':>10s} | {'ms/step':>7s} |")
+    print(
+        f"\n| {'loss':9s} | {'top-1 before':>12s} | {'top-1 after':>11s} | "
+        f"{'final loss':>10s} | {'ms/step':>7s} |"
+    )
     print(f"|{'-' * 11}|{'-' * 14}|{'-' * 13}|{'-' * 12}|{'-' * 9}|")
     for r in results:
-        print(f"| {r['loss']:9s} | {r['top1_before']:12.3f} | {r['top1_after']:11.3f} | "
-              f"{r['final_loss']:10.3f} | {r['ms_per_step']:7.1f} |")
+        print(
+            f"| {r['loss']:9s} | {r['top1_before']:12.3f} | {r['top1_after']:11.3f} | "
+            f"{r['final_loss']:10.3f} | {r['ms_per_step']:7.1f} |"
+        )
     if cfg.out:
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -41,9 +41,14 @@ RANGE = (-1.0, 1.0)
 NO_CONTRAST = "this run has no patch contrast to diagnose"
 
 
-def patch_similarities(objective: UnpairedObjective, images: Tensor, *,
-                       num_patches: int | None = None, seed: int = 0,
-                       translations: Tensor | None = None) -> dict[int, dict[str, Tensor]]:
+def patch_similarities(
+    objective: UnpairedObjective,
+    images: Tensor,
+    *,
+    num_patches: int | None = None,
+    seed: int = 0,
+    translations: Tensor | None = None,
+) -> dict[int, dict[str, Tensor]]:
     """Cosine similarities of positive and negative patch pairs at every encoder tap.
 
     For tap l: keys ``k = F(encode(A))`` and queries ``q = F(encode(G(A)))`` at the same sampled
@@ -70,8 +75,15 @@ def patch_similarities(objective: UnpairedObjective, images: Tensor, *,
     return {layer: _split(q, k) for layer, (q, k) in samples.items()}
 
 
-def transport_plan(objective: UnpairedObjective, image: Tensor, *, layer: int | None = None,
-                   num_patches: int = 64, seed: int = 0, **monce_options) -> Tensor:
+def transport_plan(
+    objective: UnpairedObjective,
+    image: Tensor,
+    *,
+    layer: int | None = None,
+    num_patches: int = 64,
+    seed: int = 0,
+    **monce_options,
+) -> Tensor:
     """``(N, N)`` MoNCE transport plan ``T`` for one image at one encoder tap.
 
     ``T`` is the Sinkhorn plan with unit marginals (``T 1 = 1``, ``T^T 1 = 1``) for the cost
@@ -127,8 +139,15 @@ def plot_similarity_histograms(sims: dict[int, dict[str, Tensor]], path: str | P
         for name, color in (("negative", "tab:red"), ("positive", "tab:blue")):
             values = _numpy(pair[name]).reshape(-1)
             mean = float(values.mean())
-            ax.hist(values, bins=BINS, range=RANGE, density=True, alpha=0.55, color=color,
-                    label=f"{name} (mean {mean:.3f})")
+            ax.hist(
+                values,
+                bins=BINS,
+                range=RANGE,
+                density=True,
+                alpha=0.55,
+                color=color,
+                label=f"{name} (mean {mean:.3f})",
+            )
             ax.axvline(mean, color=color, linestyle="--", linewidth=1)
         ax.set_xlim(*RANGE)
         ax.set_title(f"layer {layer}")
@@ -157,10 +176,18 @@ def plot_transport_plan(plan: Tensor, path: str | Path, *, title: str = "") -> P
     return _save(fig, path)
 
 
-def diagnose(checkpoint: str | Path, images: str | Path, out_dir: str | Path, *,
-             num_images: int = 16, num_patches: int | None = None,
-             size: int | tuple[int, int] | None = None, seed: int = 0, device: str = "cpu",
-             progress: bool = True) -> dict:
+def diagnose(
+    checkpoint: str | Path,
+    images: str | Path,
+    out_dir: str | Path,
+    *,
+    num_images: int = 16,
+    num_patches: int | None = None,
+    size: int | tuple[int, int] | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
     """MoNCE Fig. 2-style report of a run: similarity histograms, a transport plan, statistics.
 
     Loads ``checkpoint`` (a file, or a run folder: its newest checkpoint), reads the first
@@ -187,15 +214,18 @@ def diagnose(checkpoint: str | Path, images: str | Path, out_dir: str | Path, *,
     first = None
     batches = range(0, len(files), BATCH_SIZE)
     for start in tqdm(batches, desc="diagnose", unit="batch", disable=not progress):
-        batch = torch.stack([transform(load_image(f, cfg.data.channels))
-                             for f in files[start:start + BATCH_SIZE]]).to(device)
+        batch = torch.stack(
+            [transform(load_image(f, cfg.data.channels)) for f in files[start : start + BATCH_SIZE]]
+        ).to(device)
         first = batch[:1] if first is None else first
         samples = _patch_samples(objective, batch, num_patches, generator, None)
         for layer, (q, k) in samples.items():
             for name, values in _split(q, k).items():
                 collected.setdefault(layer, {}).setdefault(name, []).append(values.cpu())
-    sims = {layer: {name: torch.cat(parts) for name, parts in pair.items()}
-            for layer, pair in collected.items()}
+    sims = {
+        layer: {name: torch.cat(parts) for name, parts in pair.items()}
+        for layer, pair in collected.items()
+    }
 
     n_plan = num_patches or cfg.model.num_patches
     options, source = plan_options(objective)
@@ -209,15 +239,26 @@ def diagnose(checkpoint: str | Path, images: str | Path, out_dir: str | Path, *,
     report = {
         "checkpoint": str(path),
         "images": [str(f) for f in files],
-        "settings": {"num_images": len(files), "num_patches": num_patches or cfg.model.num_patches,
-                     "size": list(crop), "seed": seed, "nce_layers": list(cfg.model.nce_layers),
-                     "contrastive": cfg.model.contrastive,
-                     "per_image_patches": cfg.model.per_image_patches},
-        "layers": {str(l): similarity_stats(pair["positive"], pair["negative"])
-                   for l, pair in sims.items()},
-        "transport_plan": {"layer": layer, "image": str(files[0]), "patches": plan.shape[0],
-                           "options_from": source, "options": _jsonable(options),
-                           **plan_stats(plan)},
+        "settings": {
+            "num_images": len(files),
+            "num_patches": num_patches or cfg.model.num_patches,
+            "size": list(crop),
+            "seed": seed,
+            "nce_layers": list(cfg.model.nce_layers),
+            "contrastive": cfg.model.contrastive,
+            "per_image_patches": cfg.model.per_image_patches,
+        },
+        "layers": {
+            str(l): similarity_stats(pair["positive"], pair["negative"]) for l, pair in sims.items()
+        },
+        "transport_plan": {
+            "layer": layer,
+            "image": str(files[0]),
+            "patches": plan.shape[0],
+            "options_from": source,
+            "options": _jsonable(options),
+            **plan_stats(plan),
+        },
     }
     (out / "diagnostics.json").write_text(json.dumps(report, indent=2))
     return report
@@ -226,8 +267,10 @@ def diagnose(checkpoint: str | Path, images: str | Path, out_dir: str | Path, *,
 def plan_title(plan: Tensor, layer: int, options: dict, source: str) -> str:
     """Title of :func:`plot_transport_plan`'s figure: the tap, N and the MoNCE options with
     where they come from (:func:`plan_options`)."""
-    return (f"MoNCE plan, layer {layer}, {plan.shape[0]} patches\n{source} options "
-            f"(weighting={options['weighting']}, beta={options['beta']})")
+    return (
+        f"MoNCE plan, layer {layer}, {plan.shape[0]} patches\n{source} options "
+        f"(weighting={options['weighting']}, beta={options['beta']})"
+    )
 
 
 def similarity_stats(positive: Tensor, negative: Tensor) -> dict:
@@ -272,9 +315,13 @@ def plan_stats(plan: Tensor) -> dict:
     }
 
 
-def _patch_samples(objective: UnpairedObjective, images: Tensor, num_patches: int | None,
-                   generator: torch.Generator, translations: Tensor | None
-                   ) -> dict[int, tuple[Tensor, Tensor]]:
+def _patch_samples(
+    objective: UnpairedObjective,
+    images: Tensor,
+    num_patches: int | None,
+    generator: torch.Generator,
+    translations: Tensor | None,
+) -> dict[int, tuple[Tensor, Tensor]]:
     """``{layer: (q, k)}``, each ``(B, N, C)``, sampled as ``UnpairedObjective.nce_loss`` does:
     ids drawn on the key features, reused for the queries."""
     _require_contrast(objective)
@@ -283,19 +330,24 @@ def _patch_samples(objective: UnpairedObjective, images: Tensor, num_patches: in
         num_patches = cfg.num_patches
     check_int("num_patches", num_patches, low=2)
     if not isinstance(images, Tensor) or images.dim() != 4:
-        raise ValueError(f"images must be a (B, C, H, W) tensor; got "
-                         f"{tuple(images.shape) if isinstance(images, Tensor) else images!r}")
+        raise ValueError(
+            f"images must be a (B, C, H, W) tensor; got "
+            f"{tuple(images.shape) if isinstance(images, Tensor) else images!r}"
+        )
     if translations is not None and translations.shape != images.shape:
-        raise ValueError(f"translations must have the images' shape {tuple(images.shape)}; "
-                         f"got {tuple(translations.shape)}")
+        raise ValueError(
+            f"translations must have the images' shape {tuple(images.shape)}; "
+            f"got {tuple(translations.shape)}"
+        )
     with torch.no_grad():
         if translations is None:
             translations, key_feats = objective.G.forward_with_features(images, cfg.nce_layers)
         else:
             key_feats = objective.G.encode(images, cfg.nce_layers)
         query_feats = objective.G.encode(translations, cfg.nce_layers)
-        keys, ids = objective.F(key_feats, num_patches, generator=generator,
-                                per_image=cfg.per_image_patches)
+        keys, ids = objective.F(
+            key_feats, num_patches, generator=generator, per_image=cfg.per_image_patches
+        )
         queries, _ = objective.F(query_feats, patch_ids=ids)
     return {layer: (q, k) for layer, q, k in zip(cfg.nce_layers, queries, keys)}
 
@@ -309,16 +361,23 @@ def _split(q: Tensor, k: Tensor) -> dict[str, Tensor]:
 
 def _require_contrast(objective: object) -> None:
     if not isinstance(objective, UnpairedObjective):
-        raise ValueError(f"patch diagnostics need a CUT-family (unpaired) objective; got "
-                         f"{type(objective).__name__}")
+        raise ValueError(
+            f"patch diagnostics need a CUT-family (unpaired) objective; got "
+            f"{type(objective).__name__}"
+        )
     if not objective.contrastive:
-        raise ValueError(f"{NO_CONTRAST}: contrastive={objective.cfg.contrastive!r}, "
-                         f"lambda_nce={objective.cfg.lambda_nce}")
+        raise ValueError(
+            f"{NO_CONTRAST}: contrastive={objective.cfg.contrastive!r}, "
+            f"lambda_nce={objective.cfg.lambda_nce}"
+        )
 
 
 def _moments(x: Tensor) -> dict:
-    return {"count": x.numel(), "mean": float(x.mean()),
-            "std": float(x.std()) if x.numel() > 1 else 0.0}
+    return {
+        "count": x.numel(),
+        "mean": float(x.mean()),
+        "std": float(x.std()) if x.numel() > 1 else 0.0,
+    }
 
 
 def _numpy(x: Tensor) -> np.ndarray:
@@ -327,8 +386,10 @@ def _numpy(x: Tensor) -> np.ndarray:
 
 
 def _jsonable(options: dict) -> dict:
-    return {key: value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
-            for key, value in options.items()}
+    return {
+        key: value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+        for key, value in options.items()
+    }
 
 
 def _save(fig: Figure, path: str | Path) -> Path:

@@ -78,8 +78,10 @@ def detect_env(environ: Mapping[str, str] | None = None) -> DistEnv:
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         raw = environ.get(name, "0" if name == "LOCAL_RANK" else None)
         if raw is None or not raw.strip().isdigit():
-            raise ValueError(f"environment variable {name} must be a non-negative integer when "
-                             f"WORLD_SIZE is set, got {raw!r}; launch with torchrun")
+            raise ValueError(
+                f"environment variable {name} must be a non-negative integer when "
+                f"WORLD_SIZE is set, got {raw!r}; launch with torchrun"
+            )
         values[name] = int(raw)
     world, rank = values["WORLD_SIZE"], values["RANK"]
     if world < 1 or rank >= world:
@@ -99,11 +101,15 @@ def resolve_device(spec: str, env: DistEnv) -> torch.device:
     if device.type != "cuda":
         return device
     if device.index is not None:
-        raise ValueError(f"TrainConfig.device={spec!r} names one GPU for all {env.world_size} "
-                         "processes; use 'cuda' or 'auto' (each process takes cuda:LOCAL_RANK)")
+        raise ValueError(
+            f"TrainConfig.device={spec!r} names one GPU for all {env.world_size} "
+            "processes; use 'cuda' or 'auto' (each process takes cuda:LOCAL_RANK)"
+        )
     if env.local_rank >= torch.cuda.device_count():
-        raise ValueError(f"LOCAL_RANK={env.local_rank} but only {torch.cuda.device_count()} "
-                         "GPUs are visible; start at most one process per GPU")
+        raise ValueError(
+            f"LOCAL_RANK={env.local_rank} but only {torch.cuda.device_count()} "
+            "GPUs are visible; start at most one process per GPU"
+        )
     return torch.device("cuda", env.local_rank)
 
 
@@ -115,12 +121,15 @@ def setup(spec: str) -> tuple[DistEnv, torch.device]:
     if env.enabled and not dist.is_initialized():
         missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
         if missing:
-            raise ValueError(f"WORLD_SIZE={env.world_size} is set but {missing} are not; "
-                             "launch with torchrun (see docs/scaling.md)")
+            raise ValueError(
+                f"WORLD_SIZE={env.world_size} is set but {missing} are not; "
+                "launch with torchrun (see docs/scaling.md)"
+            )
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                rank=env.rank, world_size=env.world_size)
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", rank=env.rank, world_size=env.world_size
+        )
         atexit.register(_leave)
     return env, device
 
@@ -157,8 +166,9 @@ def _buckets(params: Sequence[Tensor], numel: int) -> Iterable[list[int]]:
         yield group
 
 
-def average_gradients(params: Sequence[Tensor], env: DistEnv, *,
-                      bucket_numel: int = BUCKET_NUMEL) -> None:
+def average_gradients(
+    params: Sequence[Tensor], env: DistEnv, *, bucket_numel: int = BUCKET_NUMEL
+) -> None:
     """``p.grad <- mean over ranks of p.grad`` for every parameter, in place.
 
     A rank without a gradient for ``p`` contributes zeros (its images did not reach ``p``); a
@@ -171,8 +181,14 @@ def average_gradients(params: Sequence[Tensor], env: DistEnv, *,
     present = torch.tensor([float(p.grad is not None) for p in params], device=device)
     pending = [(None, present, dist.all_reduce(present, async_op=True))]
     for group in _buckets(params, bucket_numel):
-        flat = torch.cat([(params[i].grad if params[i].grad is not None
-                           else torch.zeros_like(params[i])).reshape(-1) for i in group])
+        flat = torch.cat(
+            [
+                (
+                    params[i].grad if params[i].grad is not None else torch.zeros_like(params[i])
+                ).reshape(-1)
+                for i in group
+            ]
+        )
         pending.append((group, flat, dist.all_reduce(flat, async_op=True)))
     for _, _, work in pending:
         work.wait()
@@ -188,8 +204,9 @@ def average_gradients(params: Sequence[Tensor], env: DistEnv, *,
                 p.grad.copy_(g.view_as(p))
 
 
-def mean_over_ranks(values: dict[str, float], env: DistEnv, device: torch.device
-                    ) -> dict[str, float]:
+def mean_over_ranks(
+    values: dict[str, float], env: DistEnv, device: torch.device
+) -> dict[str, float]:
     """Mean of each logged statistic over the ranks (same keys on every rank)."""
     if not env.enabled or not values:
         return dict(values)
@@ -282,8 +299,9 @@ class CpuSyncBatchNorm(_BatchNorm):
     @classmethod
     def from_batchnorm(cls, bn: _BatchNorm) -> CpuSyncBatchNorm:
         new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
-        like = next((t for t in chain(bn.parameters(), bn.buffers()) if t.is_floating_point()),
-                    None)
+        like = next(
+            (t for t in chain(bn.parameters(), bn.buffers()) if t.is_floating_point()), None
+        )
         if like is not None:
             new.to(device=like.device, dtype=like.dtype)
         new.load_state_dict(bn.state_dict())
@@ -293,8 +311,12 @@ class CpuSyncBatchNorm(_BatchNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
-        if not (self.training and dist.is_available() and dist.is_initialized()
-                and dist.get_world_size() > 1):
+        if not (
+            self.training
+            and dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size() > 1
+        ):
             return super().forward(x)
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
@@ -309,8 +331,11 @@ class CpuSyncBatchNorm(_BatchNorm):
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                f = 1.0 / float(self.num_batches_tracked) if self.momentum is None \
+                f = (
+                    1.0 / float(self.num_batches_tracked)
+                    if self.momentum is None
                     else self.momentum
+                )
                 dtype = self.running_mean.dtype
                 self.running_mean.lerp_(mean.detach().to(dtype), f)
                 self.running_var.lerp_((var.detach() * count / max(count - 1, 1)).to(dtype), f)

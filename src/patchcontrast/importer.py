@@ -64,13 +64,17 @@ class Architecture:
 
     def describe(self) -> str:
         down = "anti-aliased (BlurPool)" if self.antialias else "stride-2 convs"
-        up = "anti-aliased (fixed-filter up-sampling + conv)" if self.antialias_up \
+        up = (
+            "anti-aliased (fixed-filter up-sampling + conv)"
+            if self.antialias_up
             else "transposed convs"
-        dropout = "dropout in the blocks (inactive at inference)" if self.dropout \
-            else "no dropout"
-        return (f"ResNet generator, {self.input_nc} -> {self.output_nc} channels, ngf "
-                f"{self.ngf}, {self.n_blocks} residual blocks, {self.norm} norm, down-sampling "
-                f"by {down}, up-sampling by {up}, {dropout}")
+        )
+        dropout = "dropout in the blocks (inactive at inference)" if self.dropout else "no dropout"
+        return (
+            f"ResNet generator, {self.input_nc} -> {self.output_nc} channels, ngf "
+            f"{self.ngf}, {self.n_blocks} residual blocks, {self.norm} norm, down-sampling "
+            f"by {down}, up-sampling by {up}, {dropout}"
+        )
 
 
 def read_state_dict(path: str | Path, *, raw: bool = False) -> dict[str, Tensor]:
@@ -83,8 +87,10 @@ def read_state_dict(path: str | Path, *, raw: bool = False) -> dict[str, Tensor]
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path} is not a file: give the generator file of the official code "
-                         f"({', '.join(OFFICIAL_NAMES)})")
+        raise ValueError(
+            f"{path} is not a file: give the generator file of the official code "
+            f"({', '.join(OFFICIAL_NAMES)})"
+        )
     with open(path, "rb") as f:
         head = f.read(4)
     problem = None
@@ -102,27 +108,43 @@ def read_state_dict(path: str | Path, *, raw: bool = False) -> dict[str, Tensor]
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             found = re.search(r"GLOBAL ([\w.]+)", str(err))
-            problem = (f"it holds pickled Python objects ({found[1]}) that the weights-only "
-                       "loader refuses; nothing in it was run") if found else \
-                "its bytes are not a file written by torch.save, nor a pickle of tensors; " \
+            problem = (
+                (
+                    f"it holds pickled Python objects ({found[1]}) that the weights-only "
+                    "loader refuses; nothing in it was run"
+                )
+                if found
+                else "its bytes are not a file written by torch.save, nor a pickle of tensors; "
                 "nothing in it was run"
+            )
         except Exception as err:  # noqa: BLE001 - random bytes raise IndexError, KeyError, ...
-            problem = f"torch cannot read it: {_first_line(err)}" if head == b"PK\x03\x04" \
-                else ("its bytes are not a file written by torch.save, nor a pickle of tensors; "
-                      "nothing in it was run")
+            problem = (
+                f"torch cannot read it: {_first_line(err)}"
+                if head == b"PK\x03\x04"
+                else (
+                    "its bytes are not a file written by torch.save, nor a pickle of tensors; "
+                    "nothing in it was run"
+                )
+            )
     if problem is not None:
         raise ValueError(f"{path} is not a readable generator file ({problem})")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if isinstance(state, dict) and {"state", "param_groups"} <= state.keys():
-        raise ValueError(f"{path} is an optimizer state, not a generator: import the "
-                         f"generator file ({', '.join(OFFICIAL_NAMES)})")
+        raise ValueError(
+            f"{path} is an optimizer state, not a generator: import the "
+            f"generator file ({', '.join(OFFICIAL_NAMES)})"
+        )
     if isinstance(state, dict) and {"objective", "config"} <= state.keys():
         raise PatchcontrastCheckpoint(
             f"{path} is a patchcontrast checkpoint, not an official generator: use it directly "
-            "(translate --checkpoint) or `patchcontrast export` it")
-    if not isinstance(state, dict) or not state or \
-            not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+            "(translate --checkpoint) or `patchcontrast export` it"
+        )
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items())
+    ):
         raise ValueError(f"{path} is not a state dict of tensors: it holds {_kind(state)}")
     return state if raw else _strip_prefix(state)[0]
 
@@ -130,7 +152,7 @@ def read_state_dict(path: str | Path, *, raw: bool = False) -> dict[str, Tensor]
 def _strip_prefix(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], bool]:
     """The state dict without DataParallel's ``module.`` prefix; whether it had one."""
     if all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}, True
+        return {k[len("module.") :]: v for k, v in state.items()}, True
     return state, False
 
 
@@ -139,31 +161,44 @@ def infer_architecture(state: dict[str, Tensor], path: str | Path) -> Architectu
     one-line ValueError naming ``path`` for anything else."""
     keys = list(state)
     if any(k.startswith("mlp_") for k in keys):
-        raise ValueError(f"{path} holds the PatchNCE feature network F (netF: mlp_* layers), "
-                         f"not a generator: import {OFFICIAL_NAMES[0].split()[0]}")
+        raise ValueError(
+            f"{path} holds the PatchNCE feature network F (netF: mlp_* layers), "
+            f"not a generator: import {OFFICIAL_NAMES[0].split()[0]}"
+        )
     first = state.get("model.0.weight")
     if first is not None and first.dim() == 4 and tuple(first.shape[-2:]) == (4, 4):
-        raise ValueError(f"{path} holds a PatchGAN discriminator (netD: 4x4 convs), not a "
-                         f"generator: import {OFFICIAL_NAMES[0].split()[0]} (or "
-                         f"{OFFICIAL_NAMES[1].split()[0]})")
+        raise ValueError(
+            f"{path} holds a PatchGAN discriminator (netD: 4x4 convs), not a "
+            f"generator: import {OFFICIAL_NAMES[0].split()[0]} (or "
+            f"{OFFICIAL_NAMES[1].split()[0]})"
+        )
     if any(k.startswith("model.model.") for k in keys):
-        raise ValueError(f"{path} holds a U-Net generator (unet_128/unet_256); only the ResNet "
-                         "generators (resnet_*blocks) can be imported")
+        raise ValueError(
+            f"{path} holds a U-Net generator (unet_128/unet_256); only the ResNet "
+            "generators (resnet_*blocks) can be imported"
+        )
     if not all(_KEY.fullmatch(k) for k in keys):
         odd = next(k for k in keys if not _KEY.fullmatch(k))
-        raise ValueError(f"{path} is not an official ResNet generator: its key {odd!r} is not "
-                         "of the form model.<index>.<name> (StyleGAN2 and other generators "
-                         "cannot be imported)")
+        raise ValueError(
+            f"{path} is not an official ResNet generator: its key {odd!r} is not "
+            "of the form model.<index>.<name> (StyleGAN2 and other generators "
+            "cannot be imported)"
+        )
     conv = state.get("model.1.weight")
     if conv is None or conv.dim() != 4 or tuple(conv.shape[-2:]) != (7, 7):
-        raise ValueError(f"{path} is not an official ResNet generator: it has no 7x7 first conv "
-                         "(model.1.weight)")
+        raise ValueError(
+            f"{path} is not an official ResNet generator: it has no 7x7 first conv (model.1.weight)"
+        )
     if "model.2.running_mean" in state:
-        raise ValueError(f"{path} is a ResNet generator with batch norm (normG batch); only "
-                         "instance norm (the default of CUT and CycleGAN) can be imported")
+        raise ValueError(
+            f"{path} is a ResNet generator with batch norm (normG batch); only "
+            "instance norm (the default of CUT and CycleGAN) can be imported"
+        )
     if "model.1.bias" not in state:
-        raise ValueError(f"{path} is a ResNet generator without normalisation (normG none: "
-                         "convs without bias); only instance norm can be imported")
+        raise ValueError(
+            f"{path} is a ResNet generator without normalisation (normG none: "
+            "convs without bias); only instance norm can be imported"
+        )
     ngf, input_nc = conv.shape[0], conv.shape[1]
     antialias = "model.7.filt" in state
     start = 12 if antialias else 10  # pad, conv, norm, ReLU + 2 x (conv, norm, ReLU[, blur])
@@ -174,25 +209,43 @@ def infer_architecture(state: dict[str, Tensor], path: str | Path) -> Architectu
     antialias_up = f"model.{start + n_blocks}.filt" in state
     last = max(int(_KEY.fullmatch(k)[1]) for k in keys if k.endswith(".weight"))
     output_nc = state[f"model.{last}.weight"].shape[0]
-    arch = Architecture(input_nc=input_nc, output_nc=output_nc, ngf=ngf, n_blocks=n_blocks,
-                        antialias=antialias, antialias_up=antialias_up, dropout=dropout)
+    arch = Architecture(
+        input_nc=input_nc,
+        output_nc=output_nc,
+        ngf=ngf,
+        n_blocks=n_blocks,
+        antialias=antialias,
+        antialias_up=antialias_up,
+        dropout=dropout,
+    )
     _check_layout(state, arch, path)
     for side, count in (("input", input_nc), ("output", output_nc)):
         if count not in (1, 3):
-            raise ValueError(f"{path} is a generator of {count} {side} channels; images have 1 "
-                             "(greyscale) or 3 (RGB), so it cannot translate image files")
+            raise ValueError(
+                f"{path} is a generator of {count} {side} channels; images have 1 "
+                "(greyscale) or 3 (RGB), so it cannot translate image files"
+            )
     if n_blocks < 1:
-        raise ValueError(f"{path} is a ResNet generator without residual blocks; patchcontrast "
-                         "models have at least one")
+        raise ValueError(
+            f"{path} is a ResNet generator without residual blocks; patchcontrast "
+            "models have at least one"
+        )
     return arch
 
 
-def official_layout(arch: Architecture) -> tuple[ResnetGenerator, dict[str, tuple[str | None,
-                                                                                tuple[int, ...]]]]:
+def official_layout(
+    arch: Architecture,
+) -> tuple[ResnetGenerator, dict[str, tuple[str | None, tuple[int, ...]]]]:
     """Our generator of ``arch`` and, for every key the official code saves for it, our key
     (None for the ``filt`` buffers, which we do not save) and the shape."""
-    ours = ResnetGenerator(arch.input_nc, arch.output_nc, ngf=arch.ngf, n_blocks=arch.n_blocks,
-                           antialias=arch.antialias, antialias_up=arch.antialias_up)
+    ours = ResnetGenerator(
+        arch.input_nc,
+        arch.output_nc,
+        ngf=arch.ngf,
+        n_blocks=arch.n_blocks,
+        antialias=arch.antialias,
+        antialias_up=arch.antialias_up,
+    )
     layout: dict[str, tuple[str | None, tuple[int, ...]]] = {}
     for key, value in ours.state_dict().items():
         index, rest = key.split(".", 2)[1:]
@@ -220,17 +273,23 @@ def _check_layout(state: dict[str, Tensor], arch: Architecture, path) -> None:
     unexpected = [k for k in state if k not in layout]
     if unexpected:
         problems.append(f"unexpected {_some(unexpected)}")
-    wrong = [f"{k} {tuple(state[k].shape)} instead of {shape}"
-             for k, (_, shape) in layout.items() if k in state and tuple(state[k].shape) != shape]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} instead of {shape}"
+        for k, (_, shape) in layout.items()
+        if k in state and tuple(state[k].shape) != shape
+    ]
     if wrong:
         problems.append(f"wrong shapes {_some(wrong)}")
     if problems:
-        raise ValueError(f"{path} is not a ResNet generator of a known layout (closest: "
-                         f"{arch.describe()}): {'; '.join(problems)}")
+        raise ValueError(
+            f"{path} is not a ResNet generator of a known layout (closest: "
+            f"{arch.describe()}): {'; '.join(problems)}"
+        )
 
 
-def convert_state_dict(state: dict[str, Tensor], path: str | Path
-                       ) -> tuple[Architecture, ResnetGenerator]:
+def convert_state_dict(
+    state: dict[str, Tensor], path: str | Path
+) -> tuple[Architecture, ResnetGenerator]:
     """Our :class:`ResnetGenerator` holding the official weights (eval mode), and its
     architecture. The official anti-aliasing filters must equal ours."""
     arch = infer_architecture(state, path)
@@ -243,8 +302,10 @@ def convert_state_dict(state: dict[str, Tensor], path: str | Path
         index = int(_KEY.fullmatch(key)[1])
         expected = generator.net[index].kernel
         if not torch.allclose(state[key].float(), expected, atol=1e-6):
-            raise ValueError(f"{path}: the anti-aliasing filter {key} is not the [1,2,1] / "
-                             "[1,3,3,1] binomial filter of CUT; this generator cannot be imported")
+            raise ValueError(
+                f"{path}: the anti-aliasing filter {key} is not the [1,2,1] / "
+                "[1,3,3,1] binomial filter of CUT; this generator cannot be imported"
+            )
     generator.load_state_dict(ours)
     return arch, generator.eval()
 
@@ -254,8 +315,9 @@ def _default_direction(path: Path) -> str:
     return "BtoA" if re.search(r"net_G_B\b", path.stem) else "AtoB"
 
 
-def import_translator(path: str | Path, *, direction: str | None = None,
-                      device: str | torch.device = "cpu"):
+def import_translator(
+    path: str | Path, *, direction: str | None = None, device: str | torch.device = "cpu"
+):
     """A :class:`~patchcontrast.translator.Translator` of an official generator file, and the
     config.json of its model folder."""
     from .config import resolve_config
@@ -269,20 +331,31 @@ def import_translator(path: str | Path, *, direction: str | None = None,
     direction = direction or _default_direction(path)
     state, prefixed = _strip_prefix(read_state_dict(path, raw=True))
     arch, weights = convert_state_dict(state, path)
-    cfg = resolve_config("cut", "paper", overrides=[
-        f"model.input_nc={arch.input_nc}", f"model.output_nc={arch.output_nc}",
-        f"model.ngf={arch.ngf}", f"model.n_blocks={arch.n_blocks}",
-        f"model.antialias={str(arch.antialias).lower()}",
-        f"model.antialias_up={str(arch.antialias_up).lower()}",
-        f"data.channels={arch.input_nc}", f"data.direction={direction}"])
+    cfg = resolve_config(
+        "cut",
+        "paper",
+        overrides=[
+            f"model.input_nc={arch.input_nc}",
+            f"model.output_nc={arch.output_nc}",
+            f"model.ngf={arch.ngf}",
+            f"model.n_blocks={arch.n_blocks}",
+            f"model.antialias={str(arch.antialias).lower()}",
+            f"model.antialias_up={str(arch.antialias_up).lower()}",
+            f"data.channels={arch.input_nc}",
+            f"data.direction={direction}",
+        ],
+    )
     objective = build_objective(cfg, inference=True)
     name, generator = translating_generator(objective)
     generator.load_state_dict(weights.state_dict())
     config = model_config(cfg, generator=name, step=0)
     config["imported_from"] = {
-        "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "file": path.name,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "code": "official CUT / FastCUT / MoNCE / CycleGAN ResnetGenerator",
-        "architecture": {**arch.__dict__}, "module_prefix": prefixed}
+        "architecture": {**arch.__dict__},
+        "module_prefix": prefixed,
+    }
     return Translator(objective, cfg, config).to(device).eval(), config
 
 
@@ -306,32 +379,64 @@ def import_model(path: str | Path, output: str | Path, *, direction: str | None 
 def import_card(config: dict) -> str:
     """README.md of an imported model folder: where the weights come from and what is known."""
     source, arch = config["imported_from"], config["imported_from"]["architecture"]
-    front = yaml.safe_dump({"library_name": "patchcontrast", "pipeline_tag": "image-to-image",
-                            "tags": ["image-to-image", "patchcontrast", "imported",
-                                     "unpaired-image-translation", "safetensors"]},
-                           sort_keys=False)
+    front = yaml.safe_dump(
+        {
+            "library_name": "patchcontrast",
+            "pipeline_tag": "image-to-image",
+            "tags": [
+                "image-to-image",
+                "patchcontrast",
+                "imported",
+                "unpaired-image-translation",
+                "safetensors",
+            ],
+        },
+        sort_keys=False,
+    )
     described = Architecture(**arch).describe()
     direction = config["data"]["direction"]
-    return "\n".join([
-        f"---\n{front}---", "", "# Imported generator", "",
-        f"Imported by `patchcontrast import` (patchcontrast {config['patchcontrast_version']}, "
-        f"model format {config['format']}) from the file `{source['file']}` (sha256 "
-        f"`{source['sha256']}`) of the {source['code']} code"
-        + (", saved with DataParallel's `module.` prefix" if source["module_prefix"] else "")
-        + ".", "",
-        f"Architecture, inferred from the file's tensors: {described}.", "",
-        f"Direction: {direction} (a setting of the import, not stored in the file).", "",
-        "## Training and evaluation", "",
-        "Unknown: the official generator files store the weights only, not the data, the "
-        "training length, the crop size or any metric. Score it with `patchcontrast evaluate` "
-        "on translations of your test set.", "",
-        "## Use", "", "```bash",
-        "patchcontrast translate --checkpoint MODEL_DIR --input images/ --output out/", "```",
-        "", "```python", "from patchcontrast.translator import Translator", "",
-        'translator = Translator.from_pretrained("MODEL_DIR")  # a local folder',
-        'y = translator.translate_file("input.png")  # (C, H, W) in [-1, 1]', "```", "",
-        "It translates as the official `test.py --eval` does: images in [-1, 1], any size "
-        "(padded to a multiple of 4 and cropped back), dropout inactive.", "",
-        "## Intended use and limits", "",
-        "- The weights keep the terms (licence, data) of where they were downloaded from.",
-        "- Outputs are synthetic images: do not present them as real photographs.", ""])
+    return "\n".join(
+        [
+            f"---\n{front}---",
+            "",
+            "# Imported generator",
+            "",
+            f"Imported by `patchcontrast import` (patchcontrast {config['patchcontrast_version']}, "
+            f"model format {config['format']}) from the file `{source['file']}` (sha256 "
+            f"`{source['sha256']}`) of the {source['code']} code"
+            + (", saved with DataParallel's `module.` prefix" if source["module_prefix"] else "")
+            + ".",
+            "",
+            f"Architecture, inferred from the file's tensors: {described}.",
+            "",
+            f"Direction: {direction} (a setting of the import, not stored in the file).",
+            "",
+            "## Training and evaluation",
+            "",
+            "Unknown: the official generator files store the weights only, not the data, the "
+            "training length, the crop size or any metric. Score it with `patchcontrast evaluate` "
+            "on translations of your test set.",
+            "",
+            "## Use",
+            "",
+            "```bash",
+            "patchcontrast translate --checkpoint MODEL_DIR --input images/ --output out/",
+            "```",
+            "",
+            "```python",
+            "from patchcontrast.translator import Translator",
+            "",
+            'translator = Translator.from_pretrained("MODEL_DIR")  # a local folder',
+            'y = translator.translate_file("input.png")  # (C, H, W) in [-1, 1]',
+            "```",
+            "",
+            "It translates as the official `test.py --eval` does: images in [-1, 1], any size "
+            "(padded to a multiple of 4 and cropped back), dropout inactive.",
+            "",
+            "## Intended use and limits",
+            "",
+            "- The weights keep the terms (licence, data) of where they were downloaded from.",
+            "- Outputs are synthetic images: do not present them as real photographs.",
+            "",
+        ]
+    )

@@ -76,10 +76,17 @@ def data_root(data: DataConfig | PairedDataConfig) -> Path:
     root = builtin_root(data)
     if isinstance(data, DataConfig) and data.mode == "single_image":
         return write_generated_single_pair(root, size=SINGLE_SIZE, seed=data.builtin_seed)
-    write = write_generated_paired if isinstance(data, PairedDataConfig) \
-        else write_generated_dataset
-    write(root, n_train=data.builtin_train, n_test=data.builtin_test, size=data.load_size,
-          seed=data.builtin_seed, progress=False)
+    write = (
+        write_generated_paired if isinstance(data, PairedDataConfig) else write_generated_dataset
+    )
+    write(
+        root,
+        n_train=data.builtin_train,
+        n_test=data.builtin_test,
+        size=data.load_size,
+        seed=data.builtin_seed,
+        progress=False,
+    )
     return root
 
 
@@ -89,22 +96,38 @@ def build_datasets(cfg: RunConfig) -> tuple[Dataset, Dataset]:
     data, seed, root = cfg.data, cfg.train.seed, data_root(cfg.data)
     common = {"load_size": data.load_size, "crop_size": data.crop_size, "seed": seed}
     if isinstance(cfg, PairedRunConfig):
-        common.update(label_nc=cfg.model.label_nc, layout=data.layout,
-                      dont_care=cfg.model.dont_care, ignore_value=data.ignore_value,
-                      label_offset=data.label_offset,
-                      palette=data.palette, photo_side=data.photo_side)
-        return (PairedDataset(root, data.train_phase, train=True, flip=data.flip, **common),
-                PairedDataset(root, data.test_phase, train=False, flip=False, **common))
+        common.update(
+            label_nc=cfg.model.label_nc,
+            layout=data.layout,
+            dont_care=cfg.model.dont_care,
+            ignore_value=data.ignore_value,
+            label_offset=data.label_offset,
+            palette=data.palette,
+            photo_side=data.photo_side,
+        )
+        return (
+            PairedDataset(root, data.train_phase, train=True, flip=data.flip, **common),
+            PairedDataset(root, data.test_phase, train=False, flip=False, **common),
+        )
     if data.mode == "single_image":
         a, b = ("trainA", "trainB") if data.direction == "AtoB" else ("trainB", "trainA")
         crop = data.crop_size if isinstance(data.crop_size, int) else data.crop_size[0]
         load = data.load_size if isinstance(data.load_size, int) else max(data.load_size)
-        single = {"crop_size": crop, "load_size": load, "batch_size": cfg.train.batch_size,
-                  "random_scale_max": data.random_scale_max, "seed": seed}
-        return (SingleImageDataset(root / a, root / b, virtual_size=data.virtual_size,
-                                   flip=data.flip, **single),
-                SingleImageDataset(root / a, root / b, virtual_size=cfg.train.batch_size,
-                                   flip=False, **single))
+        single = {
+            "crop_size": crop,
+            "load_size": load,
+            "batch_size": cfg.train.batch_size,
+            "random_scale_max": data.random_scale_max,
+            "seed": seed,
+        }
+        return (
+            SingleImageDataset(
+                root / a, root / b, virtual_size=data.virtual_size, flip=data.flip, **single
+            ),
+            SingleImageDataset(
+                root / a, root / b, virtual_size=cfg.train.batch_size, flip=False, **single
+            ),
+        )
     common.update(direction=data.direction, channels=data.channels, on_bad=data.on_bad)
     train = UnalignedDataset(root, "train", flip=data.flip, serial=data.serial, **common)
     test = UnalignedDataset(root, "test", flip=False, serial=True, **common)
@@ -115,8 +138,9 @@ def build_objective(cfg: RunConfig, *, inference: bool = False) -> Objective:
     if isinstance(cfg, PairedRunConfig):
         return PairedObjective(cfg.model, inference=inference)
     crop = cfg.data.crop_size
-    return UnpairedObjective(cfg.model, crop_size=crop if isinstance(crop, int) else crop[0],
-                             inference=inference)
+    return UnpairedObjective(
+        cfg.model, crop_size=crop if isinstance(crop, int) else crop[0], inference=inference
+    )
 
 
 def sample_batch(dataset: Dataset, n: int = 4) -> dict:
@@ -130,8 +154,9 @@ def sample_batch(dataset: Dataset, n: int = 4) -> dict:
 BUDGET_SAFETY = 0.9
 
 
-def plan_time_budget(cfg: RunConfig, budget_s: float, *, spent_s: float = 0.0,
-                     timing_iterations: int = 8) -> tuple[RunConfig, dict]:
+def plan_time_budget(
+    cfg: RunConfig, budget_s: float, *, spent_s: float = 0.0, timing_iterations: int = 8
+) -> tuple[RunConfig, dict]:
     """Fit the schedule to a wall-clock budget: time a few iterations, one sample grid and one
     checkpoint of a throwaway copy of the run (in a temporary folder; the RNG states are put
     back), then fix the number of iterations so that the whole schedule, the learning-rate
@@ -150,41 +175,66 @@ def plan_time_budget(cfg: RunConfig, budget_s: float, *, spent_s: float = 0.0,
     if not budget_s > 0:
         raise ValueError(f"the time budget must be > 0 seconds; got {budget_s}")
     if setup(cfg.train.device)[0].enabled:
-        raise ValueError("--time-budget plans a single-process run; under torchrun give the "
-                         "schedule (train.n_epochs, train.n_epochs_decay) instead")
+        raise ValueError(
+            "--time-budget plans a single-process run; under torchrun give the "
+            "schedule (train.n_epochs, train.n_epochs_decay) instead"
+        )
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, rng_preserved(torch.cuda.is_available()):
         train_set, test_set = build_datasets(cfg)
         torch.manual_seed(cfg.train.seed)
-        trainer = Trainer(build_objective(cfg), train_set,
-                          replace(cfg, train={"run_dir": tmp, "max_steps": None}).train,
-                          sample_batch=sample_batch(test_set))
+        trainer = Trainer(
+            build_objective(cfg),
+            train_set,
+            replace(cfg, train={"run_dir": tmp, "max_steps": None}).train,
+            sample_batch=sample_batch(test_set),
+        )
         timing = trainer.time_iterations(timing_iterations)
     spent_s += time.perf_counter() - start
     t = cfg.train
-    per_step = (timing["iteration"] + timing["sample"] / t.sample_every
-                + timing["checkpoint"] / t.checkpoint_every)
+    per_step = (
+        timing["iteration"]
+        + timing["sample"] / t.sample_every
+        + timing["checkpoint"] / t.checkpoint_every
+    )
     steps = int((budget_s - spent_s) * BUDGET_SAFETY / per_step)
     if steps < 2:
-        raise ValueError(f"a time budget of {budget_s:.0f} s leaves room for {max(steps, 0)} "
-                         f"iterations ({timing['iteration']:.2f} s each, {spent_s:.0f} s spent "
-                         "planning): give a larger budget")
+        raise ValueError(
+            f"a time budget of {budget_s:.0f} s leaves room for {max(steps, 0)} "
+            f"iterations ({timing['iteration']:.2f} s each, {spent_s:.0f} s spent "
+            "planning): give a larger budget"
+        )
     constant = round(steps * t.n_epochs / (t.n_epochs + t.n_epochs_decay))
-    planned = replace(cfg, train={"schedule_unit": "step", "n_epochs": constant,
-                                  "n_epochs_decay": steps - constant, "time_budget_s": budget_s})
-    plan = {"budget_s": budget_s, "planning_s": round(spent_s, 1),
-            "seconds_per_iteration": round(timing["iteration"], 4),
-            "sample_s": round(timing["sample"], 3), "checkpoint_s": round(timing["checkpoint"], 3),
-            "iterations": steps, "constant": constant, "decay": steps - constant,
-            "expected_s": round(spent_s + steps * per_step)}
+    planned = replace(
+        cfg,
+        train={
+            "schedule_unit": "step",
+            "n_epochs": constant,
+            "n_epochs_decay": steps - constant,
+            "time_budget_s": budget_s,
+        },
+    )
+    plan = {
+        "budget_s": budget_s,
+        "planning_s": round(spent_s, 1),
+        "seconds_per_iteration": round(timing["iteration"], 4),
+        "sample_s": round(timing["sample"], 3),
+        "checkpoint_s": round(timing["checkpoint"], 3),
+        "iterations": steps,
+        "constant": constant,
+        "decay": steps - constant,
+        "expected_s": round(spent_s + steps * per_step),
+    }
     return planned, plan
 
 
 def format_plan(plan: dict) -> str:
-    return (f"time budget {plan['budget_s']:.0f} s: {plan['seconds_per_iteration']:.3f} s per "
-            f"iteration measured, so {plan['iterations']} iterations ({plan['constant']} at the "
-            f"initial learning rate, {plan['decay']} decaying to 0), expected to end after "
-            f"about {plan['expected_s']} s")
+    return (
+        f"time budget {plan['budget_s']:.0f} s: {plan['seconds_per_iteration']:.3f} s per "
+        f"iteration measured, so {plan['iterations']} iterations ({plan['constant']} at the "
+        f"initial learning rate, {plan['decay']} decaying to 0), expected to end after "
+        f"about {plan['expected_s']} s"
+    )
 
 
 def saved_plan(cfg: RunConfig) -> RunConfig | None:
@@ -211,11 +261,15 @@ def train(cfg: RunConfig, *, resume: bool = False, time_budget_s: float | None =
         kept = saved_plan(cfg) if resume else None
         if kept is not None:
             cfg = kept
-            print(f"keeping the run's plan: {cfg.train.n_epochs + cfg.train.n_epochs_decay} "
-                  f"iterations for a {cfg.train.time_budget_s:.0f} s budget")
+            print(
+                f"keeping the run's plan: {cfg.train.n_epochs + cfg.train.n_epochs_decay} "
+                f"iterations for a {cfg.train.time_budget_s:.0f} s budget"
+            )
         elif resume:
-            raise ValueError(f"{cfg.train.run_dir} was not planned with a time budget; resume "
-                             "it without --time-budget")
+            raise ValueError(
+                f"{cfg.train.run_dir} was not planned with a time budget; resume "
+                "it without --time-budget"
+            )
         else:
             cfg, plan = plan_time_budget(cfg, time_budget_s)
             print(format_plan(plan))
@@ -225,8 +279,9 @@ def train(cfg: RunConfig, *, resume: bool = False, time_budget_s: float | None =
     torch.manual_seed(cfg.train.seed)  # network initialisation
     objective = build_objective(cfg)
     extra = {k: v for k, v in cfg.to_dict().items() if k != "train"}
-    trainer = Trainer(objective, train_set, cfg.train, sample_batch=sample_batch(test_set),
-                      extra_config=extra)
+    trainer = Trainer(
+        objective, train_set, cfg.train, sample_batch=sample_batch(test_set), extra_config=extra
+    )
     return trainer.fit(resume=cfg.train.run_dir if resume else None)
 
 
@@ -237,8 +292,10 @@ def latest_checkpoint(path: str | Path) -> Path:
         return path
     found = checkpoint_files(path / "checkpoints")
     if not found:
-        raise ValueError(f"no checkpoint found: {path} is neither a checkpoint file nor a run "
-                         f"folder with checkpoints/step_*.pt")
+        raise ValueError(
+            f"no checkpoint found: {path} is neither a checkpoint file nor a run "
+            f"folder with checkpoints/step_*.pt"
+        )
     return found[-1]
 
 
@@ -251,14 +308,20 @@ def run_config(run_dir: str | Path) -> RunConfig:
         return config_from_dict(json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         # damaged (not JSON, not UTF-8) or another file's content: one line naming the file
-        problem = "empty file" if not path.stat().st_size else \
-            (str(err) or type(err).__name__).splitlines()[0]
-        raise ValueError(f"{path} is not the config.json of a patchcontrast run ({problem}); "
-                         "`patchcontrast train` writes it") from None
+        problem = (
+            "empty file"
+            if not path.stat().st_size
+            else (str(err) or type(err).__name__).splitlines()[0]
+        )
+        raise ValueError(
+            f"{path} is not the config.json of a patchcontrast run ({problem}); "
+            "`patchcontrast train` writes it"
+        ) from None
 
 
-def load_objective(checkpoint: str | Path, device: str = "cpu"
-                   ) -> tuple[Objective | Translator, RunConfig, Path]:
+def load_objective(
+    checkpoint: str | Path, device: str = "cpu"
+) -> tuple[Objective | Translator, RunConfig, Path]:
     """The objective of a checkpoint (run folder -> newest) in eval mode, its config and file.
 
     Objectives are built for inference: without training-only parts that would need pretrained
@@ -294,10 +357,19 @@ def load_objective(checkpoint: str | Path, device: str = "cpu"
     return objective.eval(), cfg, path
 
 
-def translate(checkpoint: str | Path, inputs: str | Path, output: str | Path, *,
-              batch_size: int = 8, device: str = "cpu", progress: bool = True,
-              size: int | tuple[int, int] | None = None, tile: int | None = None,
-              tile_overlap: int | None = None, tile_stats: str = "image") -> list[Path]:
+def translate(
+    checkpoint: str | Path,
+    inputs: str | Path,
+    output: str | Path,
+    *,
+    batch_size: int = 8,
+    device: str = "cpu",
+    progress: bool = True,
+    size: int | tuple[int, int] | None = None,
+    tile: int | None = None,
+    tile_overlap: int | None = None,
+    tile_stats: str = "image",
+) -> list[Path]:
     """Translate an image file or every image of a folder with the checkpoint's generator.
 
     Unpaired runs read images; paired runs read label maps: single-channel class-id images, or
@@ -320,15 +392,23 @@ def translate(checkpoint: str | Path, inputs: str | Path, output: str | Path, *,
 
     target = None if size is None else parse_size(size, "size")
     objective, cfg, path = load_objective(checkpoint, device)
-    generator = objective.generator if isinstance(objective, Translator) \
+    generator = (
+        objective.generator
+        if isinstance(objective, Translator)
         else translating_generator(objective)[1]
+    )
     multiple = size_multiple(generator)
     if tile:
         check_tile(tile, tile_overlap, multiple)  # refuse bad values before any work
     if tile_stats not in ("tile", "image"):
         raise ValueError(f"--tile-stats must be 'tile' or 'image', got {tile_stats!r}")
-    tiling = {"tile": tile, "overlap": tile_overlap, "multiple": multiple,
-              "generator": generator, "stats": tile_stats}
+    tiling = {
+        "tile": tile,
+        "overlap": tile_overlap,
+        "multiple": multiple,
+        "generator": generator,
+        "stats": tile_stats,
+    }
     inputs = Path(inputs)
     files = [inputs] if inputs.is_file() else list_images(inputs)
     output = Path(output)
@@ -347,8 +427,12 @@ def translate(checkpoint: str | Path, inputs: str | Path, output: str | Path, *,
         for group in by_size.values():
             written += _flush(objective, group, output, tiling)
             bar.update(len(group))
-    atomic_write_text(output / "translation.json", json.dumps(
-        {"checkpoint": str(path), "images": len(written), "config": asdict(cfg)}, indent=2))
+    atomic_write_text(
+        output / "translation.json",
+        json.dumps(
+            {"checkpoint": str(path), "images": len(written), "config": asdict(cfg)}, indent=2
+        ),
+    )
     return written
 
 
@@ -365,14 +449,22 @@ def read_input(file: Path, cfg: RunConfig) -> torch.Tensor:
     else:
         with open_image(file) as im:
             if im.mode not in ("L", "P", "I", "I;16"):
-                raise ValueError(f"{file} is a {im.mode} image; a paired run translates label "
-                                 "maps of class ids (single-channel images)")
-            ids = remap_label_ids(np.array(im), model.label_nc, ignore_value=data.ignore_value,
-                                  label_offset=data.label_offset)
+                raise ValueError(
+                    f"{file} is a {im.mode} image; a paired run translates label "
+                    "maps of class ids (single-channel images)"
+                )
+            ids = remap_label_ids(
+                np.array(im),
+                model.label_nc,
+                ignore_value=data.ignore_value,
+                label_offset=data.label_offset,
+            )
     bad = labels_outside(ids, model.label_nc, model.dont_care)
     if bad:
-        raise ValueError(f"{file}: label values {bad[:10]} outside 0.."
-                         f"{model.label_nc - 1 + int(model.dont_care)}")
+        raise ValueError(
+            f"{file}: label values {bad[:10]} outside 0.."
+            f"{model.label_nc - 1 + int(model.dont_care)}"
+        )
     return torch.from_numpy(ids)[None]
 
 
@@ -382,8 +474,9 @@ def resize_input(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
         return x
     if x.dtype == torch.int64:
         return F.interpolate(x[None].float(), size=size, mode="nearest")[0].long()
-    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False,
-                         antialias=True)[0]
+    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[
+        0
+    ]
 
 
 def _to_array(image) -> np.ndarray:
@@ -392,21 +485,31 @@ def _to_array(image) -> np.ndarray:
     return (array[None] if array.ndim == 2 else array.transpose(2, 0, 1)).copy()
 
 
-def _flush(objective: Objective, group: list, output: Path, tiling: dict | None = None
-           ) -> list[Path]:
+def _flush(
+    objective: Objective, group: list, output: Path, tiling: dict | None = None
+) -> list[Path]:
     from .tiling import AUTO_TILE, AUTO_TILE_PIXELS, translate_tiled
 
     if not group:
         return []
     batch = torch.stack([x for _, x in group])
     tile = None if tiling is None else tiling["tile"]
-    if tiling is not None and tile is None and \
-            batch.shape[0] * batch.shape[-2] * batch.shape[-1] > AUTO_TILE_PIXELS:
+    if (
+        tiling is not None
+        and tile is None
+        and batch.shape[0] * batch.shape[-2] * batch.shape[-1] > AUTO_TILE_PIXELS
+    ):
         tile = AUTO_TILE
     if tile:
-        out = translate_tiled(objective.translate, batch, tile=tile,
-                              overlap=tiling.get("overlap"), multiple=tiling["multiple"],
-                              generator=tiling["generator"], stats=tiling["stats"])
+        out = translate_tiled(
+            objective.translate,
+            batch,
+            tile=tile,
+            overlap=tiling.get("overlap"),
+            multiple=tiling["multiple"],
+            generator=tiling["generator"],
+            stats=tiling["stats"],
+        )
     else:
         out = objective.translate(batch)
     paths = []
@@ -418,8 +521,9 @@ def _flush(objective: Objective, group: list, output: Path, tiling: dict | None 
     return paths
 
 
-def comparison_grid(inputs: str | Path, translations: str | Path, target: str | Path, *,
-                    n: int = 8) -> Path:
+def comparison_grid(
+    inputs: str | Path, translations: str | Path, target: str | Path, *, n: int = 8
+) -> Path:
     """PNG grid of the first ``n`` inputs (left) and their translations (right), one per row."""
     rows, size = [], None
     for file in list_images(inputs)[:n]:
@@ -460,8 +564,9 @@ def demo(cfg: RunConfig) -> dict:
             shutil.rmtree(run_dir / "checkpoints")
             continue_run = False
         else:
-            print(f"{run_dir} holds this demo's run: continuing it (nothing to train if it "
-                  "finished)")
+            print(
+                f"{run_dir} holds this demo's run: continuing it (nothing to train if it finished)"
+            )
     train(cfg, resume=continue_run)
     test_a = builtin_root(cfg.data) / "testA"
     out = run_dir / "test_translations"
@@ -470,24 +575,43 @@ def demo(cfg: RunConfig) -> dict:
     scores = {}
     for name, images in (("translated", out), ("untranslated", test_a)):
         scores[name] = evaluate.evaluate_folders(
-            test_a.with_name("testB"), images, metrics=("swd", "content", "domain"),
-            masks=test_a.with_name("testA_masks"), swd_size=cfg.data.crop_size,
-            progress=False)["metrics"]
+            test_a.with_name("testB"),
+            images,
+            metrics=("swd", "content", "domain"),
+            masks=test_a.with_name("testA_masks"),
+            swd_size=cfg.data.crop_size,
+            progress=False,
+        )["metrics"]
     ratio = scores["translated"]["swd_avg"] / scores["untranslated"]["swd_avg"]
-    result = {"run_dir": str(run_dir), "grid": str(grid), "translations": str(out),
-              "metrics": scores, "swd_ratio_to_untranslated": ratio,
-              "settings": {"swd_size": cfg.data.crop_size, "real": str(test_a.with_name("testB"))}}
+    result = {
+        "run_dir": str(run_dir),
+        "grid": str(grid),
+        "translations": str(out),
+        "metrics": scores,
+        "swd_ratio_to_untranslated": ratio,
+        "settings": {"swd_size": cfg.data.crop_size, "real": str(test_a.with_name("testB"))},
+    }
     evaluate.write_json(result, run_dir / "metrics.json")
     return result
 
 
 def format_demo(result: dict) -> str:
     """The demo's scores as a table: translations against the untranslated inputs."""
-    names = {"swd_avg": "SWD x1e3 (lower is better)", "content_iou": "content IoU",
-             "domain_b": "called B (domain score)"}
+    names = {
+        "swd_avg": "SWD x1e3 (lower is better)",
+        "content_iou": "content IoU",
+        "domain_b": "called B (domain score)",
+    }
     t, u = result["metrics"]["translated"], result["metrics"]["untranslated"]
-    lines = [f"| {'test split (50 images)':28s} | {'translated':>10s} | {'untranslated':>12s} |",
-             f"|{'-' * 30}|{'-' * 12}|{'-' * 14}|"]
+    lines = [
+        f"| {'test split (50 images)':28s} | {'translated':>10s} | {'untranslated':>12s} |",
+        f"|{'-' * 30}|{'-' * 12}|{'-' * 14}|",
+    ]
     lines += [f"| {label:28s} | {t[key]:10.3f} | {u[key]:12.3f} |" for key, label in names.items()]
-    return "\n".join([*lines, f"SWD of the translations / SWD of the inputs: "
-                      f"{result['swd_ratio_to_untranslated']:.2f}"])
+    return "\n".join(
+        [
+            *lines,
+            f"SWD of the translations / SWD of the inputs: "
+            f"{result['swd_ratio_to_untranslated']:.2f}",
+        ]
+    )

@@ -42,11 +42,17 @@ def rng_state(cuda: bool) -> dict:
     # numpy's legacy global RNG is the one third-party augmentation code draws from
     _, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
     version, py_state, py_gauss = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if cuda else [],
-            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
-            "python": {"version": version, "state": list(py_state), "gauss": py_gauss}}
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if cuda else [],
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": {"version": version, "state": list(py_state), "gauss": py_gauss},
+    }
 
 
 def set_rng_state(state: dict) -> None:
@@ -72,9 +78,12 @@ def rng_preserved(cuda: bool):
 @contextmanager
 def determinism(enabled: bool):
     """Global torch flags for the duration of ``fit`` only (restored afterwards)."""
-    saved = (torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -100,12 +109,17 @@ def graceful_signals():
         if signum == signal.SIGINT and stop.signum is not None:
             raise KeyboardInterrupt
         stop.signum = signum
-        tqdm.write(f"{signal.Signals(signum).name}: finishing the iteration, then saving a "
-                   "checkpoint (Ctrl-C again to abort at once)")
+        tqdm.write(
+            f"{signal.Signals(signum).name}: finishing the iteration, then saving a "
+            "checkpoint (Ctrl-C again to abort at once)"
+        )
 
     # a signal the process was told to ignore (nohup, background jobs) stays ignored
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)
-                if signal.getsignal(s) is not signal.SIG_IGN}
+    previous = {
+        s: signal.signal(s, handler)
+        for s in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(s) is not signal.SIG_IGN
+    }
     try:
         yield stop
     finally:
@@ -128,8 +142,10 @@ def sigterm_raises():
     once, so that it unwinds like Ctrl-C: ``finally`` blocks remove temporary files and release
     the run lock. Only where SIGTERM has its default action (not ignored, no handler of the
     program around us) and in the main thread; the training loop sets its own handlers inside."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
         yield
         return
 
@@ -170,8 +186,11 @@ def run_lock(run_dir: Path) -> Iterator[Path]:
     if _HELD.get(path) == threading.get_ident():
         yield path  # the outer holder removes the lock
         return
-    mine = {"pid": os.getpid(), "host": socket.gethostname(),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    mine = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     # O_EXCL creation is atomic: of two processes starting together exactly one gets the lock
     while not _create_exclusive(path, json.dumps(mine)):
         holder = _lock_holder(path)
@@ -179,9 +198,11 @@ def run_lock(run_dir: Path) -> Iterator[Path]:
             continue
         stale = _stale_because(holder, path)
         if stale is None:
-            raise RunFolderInUse(f"{run_dir} is in use by process {holder['pid']} (started "
-                             f"{holder['started']}); wait for it or choose another --run-dir "
-                             f"(if no such run is going on, delete {run_dir / '.lock'})")
+            raise RunFolderInUse(
+                f"{run_dir} is in use by process {holder['pid']} (started "
+                f"{holder['started']}); wait for it or choose another --run-dir "
+                f"(if no such run is going on, delete {run_dir / '.lock'})"
+            )
         warnings.warn(f"{run_dir}: taking over the run folder's lock, as {stale}", stacklevel=3)
         path.unlink(missing_ok=True)
     _HELD[path] = threading.get_ident()
@@ -283,17 +304,24 @@ def read_checkpoint(path: Path) -> dict:
         except pickle.UnpicklingError as err:
             # torch's message suggests weights_only=False, i.e. running the file: not repeated
             found = re.search(r"GLOBAL ([\w.]+)", str(err))
-            problem = ("it holds pickled Python objects" + (f" ({found[1]})" if found else "")
-                       + " that the weights-only loader refuses; nothing in it was run")
+            problem = (
+                "it holds pickled Python objects"
+                + (f" ({found[1]})" if found else "")
+                + " that the weights-only loader refuses; nothing in it was run"
+            )
         except (RuntimeError, EOFError) as err:
             problem = f"a zip archive that torch cannot read: {_first_line(err)}"
     if problem is not None:
-        raise ValueError(f"{path} is not a readable patchcontrast checkpoint ({problem}): copy "
-                         "it again, or move it aside to use the run's previous checkpoint")
+        raise ValueError(
+            f"{path} is not a readable patchcontrast checkpoint ({problem}): copy "
+            "it again, or move it aside to use the run's previous checkpoint"
+        )
     if not isinstance(state, dict) or not set(CHECKPOINT_KEYS) <= state.keys():
-        raise ValueError(f"{path} is not a patchcontrast checkpoint: it holds {_kind(state)}, not "
-                         f"the dict with keys {', '.join(map(repr, CHECKPOINT_KEYS))} that "
-                         "`patchcontrast train` writes to RUN_DIR/checkpoints/step_*.pt")
+        raise ValueError(
+            f"{path} is not a patchcontrast checkpoint: it holds {_kind(state)}, not "
+            f"the dict with keys {', '.join(map(repr, CHECKPOINT_KEYS))} that "
+            "`patchcontrast train` writes to RUN_DIR/checkpoints/step_*.pt"
+        )
     return state
 
 
@@ -332,8 +360,11 @@ class FileWriteError(OSError):
 
     def __init__(self, path: Path, cause: BaseException):
         os_error = _os_error(cause)
-        reason = os_error.strerror if os_error is not None else \
-            f"{_first_line(cause)} (is the disk full?)"
+        reason = (
+            os_error.strerror
+            if os_error is not None
+            else f"{_first_line(cause)} (is the disk full?)"
+        )
         super().__init__(f"could not write {path}: {reason}")
         self.path, self.errno = path, None if os_error is None else os_error.errno
 
@@ -380,9 +411,14 @@ def remove_leftovers(folder: Path) -> list[Path]:
     return found
 
 
-def write_atomically(path: Path, write, *, durable: bool = False,
-                     error: type[FileWriteError] = FileWriteError,
-                     errors: tuple[type[BaseException], ...] = (OSError,)) -> None:
+def write_atomically(
+    path: Path,
+    write,
+    *,
+    durable: bool = False,
+    error: type[FileWriteError] = FileWriteError,
+    errors: tuple[type[BaseException], ...] = (OSError,),
+) -> None:
     """``write(file)`` into a temporary file of the same folder, then rename it to ``path``: a
     kill or a full disk never leaves a part-written file under the final name (the previous
     file, if any, stays as it was). ``durable``: fsync the file and the rename (power loss).
@@ -438,8 +474,13 @@ def atomic_save(obj: dict, path: Path) -> None:
     """torch.save to a temp file in the same folder, fsync, rename: a crash, a kill or a full
     disk never leaves a truncated checkpoint under the final name. A failed write (OSError, or
     torch's RuntimeError around it) raises :class:`CheckpointWriteError`."""
-    write_atomically(path, lambda f: torch.save(obj, f), durable=True,
-                     error=CheckpointWriteError, errors=(OSError, RuntimeError))
+    write_atomically(
+        path,
+        lambda f: torch.save(obj, f),
+        durable=True,
+        error=CheckpointWriteError,
+        errors=(OSError, RuntimeError),
+    )
 
 
 def save_sample_grid(images: dict[str, torch.Tensor], path: Path) -> None:

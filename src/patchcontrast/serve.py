@@ -95,9 +95,11 @@ class ServedModel:
         from .diagnostics import plan_options
 
         if isinstance(self.objective, Translator):
-            return ("not available for this model: it holds the generator alone (an exported "
-                    "model folder or an imported generator file), and the diagnostics need the "
-                    "run's patch projection head F (serve the run folder or checkpoint instead)")
+            return (
+                "not available for this model: it holds the generator alone (an exported "
+                "model folder or an imported generator file), and the diagnostics need the "
+                "run's patch projection head F (serve the run folder or checkpoint instead)"
+            )
         try:
             plan_options(self.objective)
         except ValueError as err:
@@ -106,11 +108,20 @@ class ServedModel:
 
     def describe(self) -> dict:
         paired = isinstance(self.cfg, PairedRunConfig)
-        return {"id": self.key, "source": str(self.source), "file": str(self.file),
-                "kind": "checkpoint" if not isinstance(self.objective, Translator)
-                else "model folder" if self.source.is_dir() else "generator file",
-                "preset": self.cfg.preset, "input": "label map" if paired else "image",
-                "training_size": list(self.training_size), "diagnostics": self.no_diagnostics}
+        return {
+            "id": self.key,
+            "source": str(self.source),
+            "file": str(self.file),
+            "kind": "checkpoint"
+            if not isinstance(self.objective, Translator)
+            else "model folder"
+            if self.source.is_dir()
+            else "generator file",
+            "preset": self.cfg.preset,
+            "input": "label map" if paired else "image",
+            "training_size": list(self.training_size),
+            "diagnostics": self.no_diagnostics,
+        }
 
 
 class _Upload(io.BytesIO):
@@ -172,35 +183,48 @@ def _decoded(data: bytes, name: str, limits: Limits, read):
     if not data:
         raise UploadError(400, "no image received: choose an image file")
     if len(data) > limits.max_bytes:
-        raise UploadError(413, f"{name} is {len(data) / 2**20:.1f} MB; this server accepts "
-                          f"images up to {limits.max_bytes / 2**20:g} MB (serve --max-upload-mb)")
+        raise UploadError(
+            413,
+            f"{name} is {len(data) / 2**20:.1f} MB; this server accepts "
+            f"images up to {limits.max_bytes / 2**20:g} MB (serve --max-upload-mb)",
+        )
     try:
         with Image.open(io.BytesIO(data)) as image:  # reads the header only
             width, height = image.size
     except Image.DecompressionBombError:
         width = height = None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise UploadError(415, f"{name} is not an image that this server reads (PNG, JPEG, "
-                          "BMP, TIFF, WebP, ...)") from None
+        raise UploadError(
+            415, f"{name} is not an image that this server reads (PNG, JPEG, BMP, TIFF, WebP, ...)"
+        ) from None
     if width is None or width * height > limits.max_pixels:
-        size = "too many pixels" if width is None else \
-            f"{width}x{height} pixels ({width * height / 1e6:.1f} megapixels)"
-        raise UploadError(413, f"{name} has {size}; this server translates images up to "
-                          f"{limits.max_pixels / 1e6:g} megapixels (serve --max-megapixels)")
+        size = (
+            "too many pixels"
+            if width is None
+            else f"{width}x{height} pixels ({width * height / 1e6:.1f} megapixels)"
+        )
+        raise UploadError(
+            413,
+            f"{name} has {size}; this server translates images up to "
+            f"{limits.max_pixels / 1e6:g} megapixels (serve --max-megapixels)",
+        )
     try:
         return read(_Upload(data, name))
     except UnreadableImageError as err:  # load_image's, e.g. a truncated file
-        raise UploadError(415, f"{name} could not be decoded ({err.problem}): the file is "
-                          "damaged or incomplete") from None
+        raise UploadError(
+            415, f"{name} could not be decoded ({err.problem}): the file is damaged or incomplete"
+        ) from None
     except ValueError as err:  # read_input's own messages, e.g. a colour image for a paired run
         raise UploadError(422, str(err)) from None
     except (OSError, SyntaxError, EOFError, zlib.error) as err:  # e.g. a truncated file
-        raise UploadError(415, f"{name} could not be decoded ({err}): the file is damaged or "
-                          "incomplete") from None
+        raise UploadError(
+            415, f"{name} could not be decoded ({err}): the file is damaged or incomplete"
+        ) from None
 
 
-def translate_upload(model: ServedModel, data: bytes, name: str, limits: Limits, *,
-                     resize: bool = False) -> bytes:
+def translate_upload(
+    model: ServedModel, data: bytes, name: str, limits: Limits, *, resize: bool = False
+) -> bytes:
     """The translation of an uploaded file as PNG bytes, read and written as ``patchcontrast
     translate`` does (``resize``: first to the training size, as its ``--size``)."""
     x = _decoded(data, name, limits, lambda upload: read_input(upload, model.cfg))
@@ -242,21 +266,30 @@ def diagnose_upload(model: ServedModel, data: bytes, name: str, limits: Limits) 
         plan = transport_plan(objective, batch, num_patches=cfg.model.num_patches, seed=0).cpu()
     with tempfile.TemporaryDirectory() as tmp:
         histogram = plot_similarity_histograms(sims, Path(tmp) / "histogram.png").read_bytes()
-        plan_png = plot_transport_plan(plan, Path(tmp) / "plan.png",
-                                       title=plan_title(plan, layer, options, source)).read_bytes()
-    return {"histogram": _data_url(histogram), "plan": _data_url(plan_png), "size": list(crop),
-            "layers": {str(l): similarity_stats(pair["positive"], pair["negative"])
-                       for l, pair in sims.items()},
-            "transport_plan": {"layer": layer, "patches": plan.shape[0],
-                               "options_from": source, **plan_stats(plan)}}
+        plan_png = plot_transport_plan(
+            plan, Path(tmp) / "plan.png", title=plan_title(plan, layer, options, source)
+        ).read_bytes()
+    return {
+        "histogram": _data_url(histogram),
+        "plan": _data_url(plan_png),
+        "size": list(crop),
+        "layers": {
+            str(l): similarity_stats(pair["positive"], pair["negative"]) for l, pair in sims.items()
+        },
+        "transport_plan": {
+            "layer": layer,
+            "patches": plan.shape[0],
+            "options_from": source,
+            **plan_stats(plan),
+        },
+    }
 
 
 def _data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def create_app(models: list[ServedModel], *, limits: Limits = Limits(),
-               examples: list[Path] = ()):
+def create_app(models: list[ServedModel], *, limits: Limits = Limits(), examples: list[Path] = ()):
     """The Starlette app of the page (routes in the module docstring)."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
@@ -281,22 +314,29 @@ def create_app(models: list[ServedModel], *, limits: Limits = Limits(),
                 return JSONResponse({"error": str(err)}, status_code=err.status)
             except Exception as err:  # noqa: BLE001 - any failure must leave the server up
                 traceback.print_exc()
-                return JSONResponse({"error": f"the server failed on this request "
-                                     f"({type(err).__name__}: {err})"}, status_code=500)
+                return JSONResponse(
+                    {"error": f"the server failed on this request ({type(err).__name__}: {err})"},
+                    status_code=500,
+                )
+
         return wrapped
 
     def model_of(request) -> ServedModel:
         key = request.query_params.get("model", "")
         if key not in by_key:
-            raise UploadError(404, f"no model {key!r} on this server; it serves "
-                              f"{', '.join(by_key)}")
+            raise UploadError(
+                404, f"no model {key!r} on this server; it serves {', '.join(by_key)}"
+            )
         return by_key[key]
 
     async def body(request) -> bytes:
         """The request body, refused as soon as it exceeds the byte limit."""
         declared = request.headers.get("content-length", "")
-        too_large = UploadError(413, f"the upload exceeds {limits.max_bytes / 2**20:g} MB, the "
-                                "most this server accepts (serve --max-upload-mb)")
+        too_large = UploadError(
+            413,
+            f"the upload exceeds {limits.max_bytes / 2**20:g} MB, the "
+            "most this server accepts (serve --max-upload-mb)",
+        )
         if declared.isdigit() and int(declared) > limits.max_bytes:
             raise too_large
         chunks, size = [], 0
@@ -311,11 +351,15 @@ def create_app(models: list[ServedModel], *, limits: Limits = Limits(),
         return HTMLResponse(page)
 
     async def model_list(request):
-        return JSONResponse({
-            "models": [model.describe() for model in models],
-            "limits": {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels},
-            "examples": [{"name": f.name, "url": f"/examples/{i}"}
-                         for i, f in enumerate(examples)]})
+        return JSONResponse(
+            {
+                "models": [model.describe() for model in models],
+                "limits": {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels},
+                "examples": [
+                    {"name": f.name, "url": f"/examples/{i}"} for i, f in enumerate(examples)
+                ],
+            }
+        )
 
     @reported
     async def example(request):
@@ -331,10 +375,10 @@ def create_app(models: list[ServedModel], *, limits: Limits = Limits(),
         resize = request.query_params.get("resize") == "1"
         data = await body(request)
         start = time.perf_counter()
-        png = await run_in_threadpool(translate_upload, model, data, name, limits,
-                                      resize=resize)
-        return Response(png, media_type="image/png",
-                        headers={"X-Seconds": f"{time.perf_counter() - start:.3f}"})
+        png = await run_in_threadpool(translate_upload, model, data, name, limits, resize=resize)
+        return Response(
+            png, media_type="image/png", headers={"X-Seconds": f"{time.perf_counter() - start:.3f}"}
+        )
 
     @reported
     async def diagnose(request):
@@ -343,12 +387,15 @@ def create_app(models: list[ServedModel], *, limits: Limits = Limits(),
         data = await body(request)
         return JSONResponse(await run_in_threadpool(diagnose_upload, model, data, name, limits))
 
-    return Starlette(routes=[
-        Route("/", index), Route("/api/models", model_list),
-        Route("/examples/{index:int}", example),
-        Route("/api/translate", translate, methods=["POST"]),
-        Route("/api/diagnose", diagnose, methods=["POST"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/", index),
+            Route("/api/models", model_list),
+            Route("/examples/{index:int}", example),
+            Route("/api/translate", translate, methods=["POST"]),
+            Route("/api/diagnose", diagnose, methods=["POST"]),
+        ]
+    )
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -359,13 +406,21 @@ def listen(host: str, port: int) -> socket.socket:
     except socket.gaierror as err:
         raise ValueError(f"cannot listen on --host {host}: {err.strerror}") from None
     except OSError as err:
-        raise ValueError(f"cannot listen on {host}:{port}: {err.strerror} (choose another "
-                         "--port, or 0 for any free one)") from None
+        raise ValueError(
+            f"cannot listen on {host}:{port}: {err.strerror} (choose another "
+            "--port, or 0 for any free one)"
+        ) from None
 
 
-def serve(models: list[str | Path], *, host: str = "127.0.0.1", port: int = 7860,
-          device: str = "cpu", limits: Limits = Limits(),
-          examples: str | Path | None = None) -> None:
+def serve(
+    models: list[str | Path],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    device: str = "cpu",
+    limits: Limits = Limits(),
+    examples: str | Path | None = None,
+) -> None:
     """Serve the page until Ctrl-C (which uvicorn turns back into KeyboardInterrupt after a
     graceful shutdown)."""
     require_dependencies()
@@ -376,15 +431,19 @@ def serve(models: list[str | Path], *, host: str = "127.0.0.1", port: int = 7860
     sock = listen(host, port)
     port = sock.getsockname()[1]
     if host not in LOCAL_HOSTS:
-        print(f"warning: --host {host}: the page is reachable from other machines on the "
-              "network, and anyone who reaches it can run these models (there is no login)",
-              file=sys.stderr, flush=True)
+        print(
+            f"warning: --host {host}: the page is reachable from other machines on the "
+            "network, and anyone who reaches it can run these models (there is no login)",
+            file=sys.stderr,
+            flush=True,
+        )
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     shown = f"[{shown}]" if ":" in shown else shown
-    print(f"serving {len(loaded)} model{'s' * (len(loaded) != 1)} "
-          f"({', '.join(m.key for m in loaded)}) on http://{shown}:{port}/ (Ctrl-C stops)",
-          flush=True)
-    config = uvicorn.Config(app, log_level="warning",
-                            timeout_graceful_shutdown=GRACEFUL_EXIT_S)
+    print(
+        f"serving {len(loaded)} model{'s' * (len(loaded) != 1)} "
+        f"({', '.join(m.key for m in loaded)}) on http://{shown}:{port}/ (Ctrl-C stops)",
+        flush=True,
+    )
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=GRACEFUL_EXIT_S)
     with sock:
         uvicorn.Server(config).run(sockets=[sock])

@@ -86,17 +86,32 @@ from .sweep_spec import (
     short_names,
 )
 
-__all__ = ["METRIC_KEYS", "SweepRun", "aggregate", "load_spec", "plan", "resolve_run",
-           "run_sweep"]
+__all__ = ["METRIC_KEYS", "SweepRun", "aggregate", "load_spec", "plan", "resolve_run", "run_sweep"]
 
 # train settings that may change between an interrupted run and its continuation
-_RESUMABLE = ("run_dir", "max_steps", "device", "log_every", "sample_every", "checkpoint_every",
-              "keep_last", "num_workers")
+_RESUMABLE = (
+    "run_dir",
+    "max_steps",
+    "device",
+    "log_every",
+    "sample_every",
+    "checkpoint_every",
+    "keep_last",
+    "num_workers",
+)
 
 
-def run_sweep(spec: str | Path | dict, *, root: str | Path = "runs/sweeps", dry_run: bool = False,
-              only: str | None = None, progress: bool = True, max_steps: int | None = None,
-              report: str | Path | None = None, from_report: bool = False) -> dict:
+def run_sweep(
+    spec: str | Path | dict,
+    *,
+    root: str | Path = "runs/sweeps",
+    dry_run: bool = False,
+    only: str | None = None,
+    progress: bool = True,
+    max_steps: int | None = None,
+    report: str | Path | None = None,
+    from_report: bool = False,
+) -> dict:
     """Validate ``spec``, then train, evaluate and aggregate its runs into ``ROOT/<name>/``.
 
     ``only``: run just the runs whose folder name matches (a glob pattern, or a substring);
@@ -114,8 +129,9 @@ def run_sweep(spec: str | Path | dict, *, root: str | Path = "runs/sweeps", dry_
     sweep_dir = Path(root) / spec["name"]
     runs = plan(spec)
     # every config first: a typo in the last group must not surface after hours of training
-    resolved = [(run, *resolve_run(run, spec, sweep_dir / run.name, max_steps=max_steps))
-                for run in runs]
+    resolved = [
+        (run, *resolve_run(run, spec, sweep_dir / run.name, max_steps=max_steps)) for run in runs
+    ]
     every = resolved
     if only is not None:
         pattern = only if any(c in only for c in "*?[") else f"*{only}*"
@@ -123,23 +139,38 @@ def run_sweep(spec: str | Path | dict, *, root: str | Path = "runs/sweeps", dry_
         if not resolved:
             raise ValueError(f"only={only!r} matches none of the {len(runs)} runs")
     say = print if progress else (lambda *args, **kwargs: None)
-    out = {"sweep_dir": str(sweep_dir),
-           "runs": [{"name": run.name, "preset": run.preset, "seed": run.seed,
-                     "overrides": overrides} for run, _, overrides in resolved]}
+    out = {
+        "sweep_dir": str(sweep_dir),
+        "runs": [
+            {"name": run.name, "preset": run.preset, "seed": run.seed, "overrides": overrides}
+            for run, _, overrides in resolved
+        ],
+    }
     if dry_run:
         # as `patchcontrast train` arguments; the settings every run shares are listed once
         common = [o for o in resolved[0][2] if all(o in r[2] for r in resolved)]
-        say(f"sweep {spec['name']}: {len(resolved)} of {len(runs)} runs in {sweep_dir}, each "
-            f"with --scale {spec['scale']} " + " ".join(f"--set {shlex.quote(o)}" for o in common))
+        say(
+            f"sweep {spec['name']}: {len(resolved)} of {len(runs)} runs in {sweep_dir}, each "
+            f"with --scale {spec['scale']} " + " ".join(f"--set {shlex.quote(o)}" for o in common)
+        )
         for run, _, overrides in resolved:
-            say(f"  {run.name}: " + " ".join([f"--preset {run.preset}", *(
-                f"--set {shlex.quote(o)}" for o in overrides if o not in common)]))
+            say(
+                f"  {run.name}: "
+                + " ".join(
+                    [
+                        f"--preset {run.preset}",
+                        *(f"--set {shlex.quote(o)}" for o in overrides if o not in common),
+                    ]
+                )
+            )
         return out
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if from_report:
         out["restored"] = _restore(Path(report) / spec["name"], raw, spec, every, sweep_dir)
-        say(f"restored {len(out['restored'])} finished run(s) from "
-            f"{Path(report) / spec['name'] / 'runs.csv'}")
+        say(
+            f"restored {len(out['restored'])} finished run(s) from "
+            f"{Path(report) / spec['name'] / 'runs.csv'}"
+        )
     (sweep_dir / "spec.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     try:
         for i, ((run, cfg, _), entry) in enumerate(zip(resolved, out["runs"]), 1):
@@ -154,8 +185,10 @@ def run_sweep(spec: str | Path | dict, *, root: str | Path = "runs/sweeps", dry_
         _write_status(sweep_dir, runs)
     out["rows"], out["table"] = aggregate(sweep_dir)
     out["plots"] = [str(p) for p in sorted((sweep_dir / "plots").glob("*.png"))]
-    say(f"\n{out['table']}\nwrote {sweep_dir}/results.csv, results.md, runs.csv"
-        + (f", {len(out['plots'])} plot(s) in plots/" if out["plots"] else ""))
+    say(
+        f"\n{out['table']}\nwrote {sweep_dir}/results.csv, results.md, runs.csv"
+        + (f", {len(out['plots'])} plot(s) in plots/" if out["plots"] else "")
+    )
     if report is not None:
         out["report"] = str(_copy_report(sweep_dir, Path(report) / spec["name"]))
         say(f"copied them to {out['report']}")
@@ -175,8 +208,7 @@ def _copy_report(sweep_dir: Path, target: Path) -> Path:
     return target
 
 
-def _restore(report_dir: Path, raw: dict, spec: dict, resolved: list, sweep_dir: Path
-             ) -> list[str]:
+def _restore(report_dir: Path, raw: dict, spec: dict, resolved: list, sweep_dir: Path) -> list[str]:
     """Write a ``sweep_run.json`` (status done, ``restored_from``) for every run that
     ``report_dir/runs.csv`` lists as done and that has no record in ``sweep_dir``; the config in
     it is this run's, resolved now (the report's ``spec.yaml`` must equal this spec)."""
@@ -185,9 +217,11 @@ def _restore(report_dir: Path, raw: dict, spec: dict, resolved: list, sweep_dir:
         return []
     written = yaml.safe_load(yaml.safe_dump(raw, sort_keys=False))
     if not (report_dir / "spec.yaml").is_file() or read_spec(report_dir / "spec.yaml") != written:
-        raise ValueError(f"{report_dir / 'spec.yaml'} is not this spec, so the runs of "
-                         f"{table} were made with other settings; train afresh without "
-                         "--from-report, or report to another folder")
+        raise ValueError(
+            f"{report_dir / 'spec.yaml'} is not this spec, so the runs of "
+            f"{table} were made with other settings; train afresh without "
+            "--from-report, or report to another folder"
+        )
     select = spec["select"]
     best = f"best_on_test_{select}"
     listed = ("name", "variant", "seed", "status", "step", "seconds", "error", "sec_per_iter", best)
@@ -198,15 +232,24 @@ def _restore(report_dir: Path, raw: dict, spec: dict, resolved: list, sweep_dir:
         row, path = rows.get(run.name), sweep_dir / run.name / "sweep_run.json"
         if row is None or path.exists():  # a record here (done or not) is newer than the report
             continue
-        record = {"name": run.name, "variant": run.variant, "preset": run.preset,
-                  "label": run.label, "seed": run.seed, "params": run.params, "status": "done",
-                  "metrics": spec["metrics"], "select": select,
-                  "config": json.loads(json.dumps(cfg.to_dict())), "step": int(row["step"]),
-                  "final": {k: float(v) for k, v in row.items() if k not in listed and v},
-                  "best_selected_on_test_set": {select: float(row[best])} if row[best] else {},
-                  "seconds": float(row["seconds"]) if row["seconds"] else None,
-                  "sec_per_iter": float(row["sec_per_iter"]) if row["sec_per_iter"] else None,
-                  "restored_from": str(table)}
+        record = {
+            "name": run.name,
+            "variant": run.variant,
+            "preset": run.preset,
+            "label": run.label,
+            "seed": run.seed,
+            "params": run.params,
+            "status": "done",
+            "metrics": spec["metrics"],
+            "select": select,
+            "config": json.loads(json.dumps(cfg.to_dict())),
+            "step": int(row["step"]),
+            "final": {k: float(v) for k, v in row.items() if k not in listed and v},
+            "best_selected_on_test_set": {select: float(row[best])} if row[best] else {},
+            "seconds": float(row["seconds"]) if row["seconds"] else None,
+            "sec_per_iter": float(row["sec_per_iter"]) if row["sec_per_iter"] else None,
+            "restored_from": str(table),
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_json(path, record)
         restored.append(run.name)
@@ -224,11 +267,16 @@ def _machine() -> dict[str, Any]:
     cpu = platform.processor()
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name")), cpu)
-    return {"cpu": cpu, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu
+            )
+    return {
+        "cpu": cpu,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _run_one(run: SweepRun, cfg: RunConfig, spec: dict, say) -> dict:
@@ -253,8 +301,12 @@ def _run_locked(run: SweepRun, cfg: RunConfig, spec: dict, say) -> dict:
     path, config = run_dir / "sweep_run.json", json.loads(json.dumps(cfg.to_dict()))
     old, step = _read_json(path), _checkpoint_step(run_dir)
     evaluation = {"metrics": spec["metrics"], "select": spec["select"]}
-    same = old and old["status"] == "done" and all(old.get(k) == v for k, v in evaluation.items()) \
+    same = (
+        old
+        and old["status"] == "done"
+        and all(old.get(k) == v for k, v in evaluation.items())
         and _differences(_normalised(old["config"]), config, ("run_dir",)) == []
+    )
     if same and old.get("restored_from"):
         say(f"    done in an earlier workspace (restored from {old['restored_from']}), skipped")
         return old
@@ -263,9 +315,18 @@ def _run_locked(run: SweepRun, cfg: RunConfig, spec: dict, say) -> dict:
         return old
     # otherwise (re)train what is missing; a finished training resumes as a no-op, so changed
     # metrics only re-evaluate
-    record = {"name": run.name, "variant": run.variant, "preset": run.preset,
-              "label": run.label, "seed": run.seed, "params": run.params, "status": "running",
-              **evaluation, "machine": _machine(), "config": config}
+    record = {
+        "name": run.name,
+        "variant": run.variant,
+        "preset": run.preset,
+        "label": run.label,
+        "seed": run.seed,
+        "params": run.params,
+        "status": "running",
+        **evaluation,
+        "machine": _machine(),
+        "config": config,
+    }
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(run_dir / "sweep.log", "a") as log:
@@ -283,13 +344,24 @@ def _run_locked(run: SweepRun, cfg: RunConfig, spec: dict, say) -> dict:
 
                     device = "cuda" if torch.cuda.is_available() else "cpu"
                 summary = evaluate.evaluate_run(
-                    run_dir, metrics=spec["metrics"], select=spec["select"],
-                    inception_weights=spec["inception_weights"], device=device, progress=False)
-            record.update(status="done", step=result["step"], final=summary["final"],
-                          best_selected_on_test_set=summary["best_selected_on_test_set"])
+                    run_dir,
+                    metrics=spec["metrics"],
+                    select=spec["select"],
+                    inception_weights=spec["inception_weights"],
+                    device=device,
+                    progress=False,
+                )
+            record.update(
+                status="done",
+                step=result["step"],
+                final=summary["final"],
+                best_selected_on_test_set=summary["best_selected_on_test_set"],
+            )
             keys = metric_keys(spec["metrics"])
-            say(f"    done in {time.perf_counter() - start:.0f} s (step {result['step']}): "
-                + ", ".join(f"{k} {summary['final'][k]:.4g}" for k in keys))
+            say(
+                f"    done in {time.perf_counter() - start:.0f} s (step {result['step']}): "
+                + ", ".join(f"{k} {summary['final'][k]:.4g}" for k in keys)
+            )
         except KeyboardInterrupt as err:  # TrainingInterrupted included: its checkpoint is saved
             record.update(status="interrupted", step=getattr(err, "step", None))
             raise
@@ -310,9 +382,15 @@ def _checkpoint_step(run_dir: Path) -> int | None:
 
 def _differences(old: dict, new: dict, ignore: tuple[str, ...]) -> list[str]:
     """Dotted keys whose values differ between two config dicts (train keys in ``ignore``)."""
-    flat = [{f"{section}.{k}": v for section, values in tree.items()
-             for k, v in (values.items() if isinstance(values, dict) else [("", values)])
-             if not (section == "train" and k in ignore)} for tree in (old, new)]
+    flat = [
+        {
+            f"{section}.{k}": v
+            for section, values in tree.items()
+            for k, v in (values.items() if isinstance(values, dict) else [("", values)])
+            if not (section == "train" and k in ignore)
+        }
+        for tree in (old, new)
+    ]
     return sorted(k for k in flat[0].keys() | flat[1].keys() if flat[0].get(k) != flat[1].get(k))
 
 
@@ -330,8 +408,10 @@ def _check_resumable(run_dir: Path, config: dict) -> None:
     saved = _read_json(run_dir / "config.json")
     changed = _differences(_normalised(saved) if saved else {}, config, _RESUMABLE)
     if changed:
-        raise ValueError(f"{run_dir} holds a run with other settings ({', '.join(changed)}); "
-                         "delete that folder or rename the sweep to train it afresh")
+        raise ValueError(
+            f"{run_dir} holds a run with other settings ({', '.join(changed)}); "
+            "delete that folder or rename the sweep to train it afresh"
+        )
 
 
 def _read_json(path: Path) -> dict | None:
@@ -370,35 +450,66 @@ def aggregate(sweep_dir: str | Path) -> tuple[list[dict], str]:
         members = list(members)
         found = [records[m.name] for m in members if records[m.name]]
         done = [r for r in found if r["status"] == "done"]
-        seconds = {r["name"]: r.get("sec_per_iter") if r.get("restored_from")
-                   else _sec_per_iter(sweep_dir / r["name"]) for r in found}
+        seconds = {
+            r["name"]: r.get("sec_per_iter")
+            if r.get("restored_from")
+            else _sec_per_iter(sweep_dir / r["name"])
+            for r in found
+        }
         shown = [r for r in done if not r.get("restored_from")]  # translations on disk
         if shown:
             examples.append((variant, min(shown, key=lambda r: r["seed"])))
-        row = {"variant": variant, "preset": members[0].preset, "label": members[0].label or "",
-               **{short[k]: v for k, v in members[0].params.items()},
-               "seeds_done": len(done), "seeds_failed": sum(r["status"] == "failed" for r in found),
-               "seeds": len(members)}
+        row = {
+            "variant": variant,
+            "preset": members[0].preset,
+            "label": members[0].label or "",
+            **{short[k]: v for k, v in members[0].params.items()},
+            "seeds_done": len(done),
+            "seeds_failed": sum(r["status"] == "failed" for r in found),
+            "seeds": len(members),
+        }
         for key in keys:
             row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([r["final"].get(key) for r in done])
         row["sec_per_iter_mean"], row["sec_per_iter_std"] = _mean_std(
-            [seconds[r["name"]] for r in done])
+            [seconds[r["name"]] for r in done]
+        )
         row[f"best_on_test_{select}_mean"], row[f"best_on_test_{select}_std"] = _mean_std(
-            [r["best_selected_on_test_set"].get(select) for r in done])
+            [r["best_selected_on_test_set"].get(select) for r in done]
+        )
         variants.append((members[0], row))
-        per_run += [{"name": r["name"], "variant": variant, "seed": r["seed"],
-                     "status": r["status"], "step": r.get("step"), "seconds": r.get("seconds"),
-                     "error": r.get("error", ""),
-                     "sec_per_iter": seconds[r["name"]], **r.get("final", {}),
-                     f"best_on_test_{select}": r.get("best_selected_on_test_set", {}).get(select)}
-                    for r in found]
+        per_run += [
+            {
+                "name": r["name"],
+                "variant": variant,
+                "seed": r["seed"],
+                "status": r["status"],
+                "step": r.get("step"),
+                "seconds": r.get("seconds"),
+                "error": r.get("error", ""),
+                "sec_per_iter": seconds[r["name"]],
+                **r.get("final", {}),
+                f"best_on_test_{select}": r.get("best_selected_on_test_set", {}).get(select),
+            }
+            for r in found
+        ]
     rows = [row for _, row in variants]
     _write_csv(sweep_dir / "results.csv", rows)
     _write_csv(sweep_dir / "runs.csv", per_run)
-    restored = sorted({r["restored_from"] for r in records.values()
-                       if r and r["status"] == "done" and r.get("restored_from")})
-    table = _markdown(spec, rows, keys, [r for r in per_run if r["status"] == "failed"],
-                      sum(bool(r and r.get("restored_from")) for r in records.values()), restored)
+    restored = sorted(
+        {
+            r["restored_from"]
+            for r in records.values()
+            if r and r["status"] == "done" and r.get("restored_from")
+        }
+    )
+    table = _markdown(
+        spec,
+        rows,
+        keys,
+        [r for r in per_run if r["status"] == "failed"],
+        sum(bool(r and r.get("restored_from")) for r in records.values()),
+        restored,
+    )
     (sweep_dir / "results.md").write_text(table + "\n")
     _plots(spec, variants, short, sweep_dir / "plots")
     if examples:
@@ -440,43 +551,61 @@ def _arrow(key: str) -> str:
     return "↓" if key in LOWER_IS_BETTER else "↑"
 
 
-def _markdown(spec: dict, rows: list[dict], keys: list[str], failed: list[dict],
-              n_restored: int = 0, restored_from: list[str] | None = None) -> str:
+def _markdown(
+    spec: dict,
+    rows: list[dict],
+    keys: list[str],
+    failed: list[dict],
+    n_restored: int = 0,
+    restored_from: list[str] | None = None,
+) -> str:
     select = spec["select"]
 
     def cell(row: dict, key: str) -> str:
         mean, std = row[f"{key}_mean"], row[f"{key}_std"]
         return "–" if mean is None else f"{mean:.4g}" + ("" if std is None else f" ± {std:.2g}")
 
-    head = [*(f"{k} {_arrow(k)}" for k in keys), f"{select} {_arrow(select)} (best on test)",
-            "s/it"]
+    head = [
+        *(f"{k} {_arrow(k)}" for k in keys),
+        f"{select} {_arrow(select)} (best on test)",
+        "s/it",
+    ]
     lines = [f"# Sweep `{spec['name']}` ({spec['scale']} scale)", ""]
     lines += [spec["description"].strip(), ""] if spec["description"] else []
-    lines += [f"Final checkpoint of each run, mean ± sample std (n − 1) over the seeds done; the "
-              f"column after the metrics is the checkpoint with the lowest {select} **selected on "
-              "the test set** (optimistic, as the official repos report it); s/it: median "
-              "training seconds per iteration (stats.jsonl), mean over seeds.", "",
-              "| run | seeds | " + " | ".join(head) + " |",
-              "|---|---:|" + "---:|" * len(head)]
+    lines += [
+        f"Final checkpoint of each run, mean ± sample std (n − 1) over the seeds done; the "
+        f"column after the metrics is the checkpoint with the lowest {select} **selected on "
+        "the test set** (optimistic, as the official repos report it); s/it: median "
+        "training seconds per iteration (stats.jsonl), mean over seeds.",
+        "",
+        "| run | seeds | " + " | ".join(head) + " |",
+        "|---|---:|" + "---:|" * len(head),
+    ]
     for row in rows:
         cells = [cell(row, k) for k in keys] + [cell(row, f"best_on_test_{select}")]
         cells.append("–" if row["sec_per_iter_mean"] is None else f"{row['sec_per_iter_mean']:.3g}")
-        seeds = f"{row['seeds_done']}/{row['seeds']}" + \
-            (f" ({row['seeds_failed']} failed)" if row["seeds_failed"] else "")
-        lines.append(f"| {row['variant'].replace('__', ' ')} | {seeds} | " + " | ".join(cells)
-                     + " |")
+        seeds = f"{row['seeds_done']}/{row['seeds']}" + (
+            f" ({row['seeds_failed']} failed)" if row["seeds_failed"] else ""
+        )
+        lines.append(
+            f"| {row['variant'].replace('__', ' ')} | {seeds} | " + " | ".join(cells) + " |"
+        )
     if n_restored:
-        lines += ["", f"{n_restored} of these runs were trained in an earlier workspace: their "
-                  f"numbers are restored from {', '.join(restored_from or [])} (--from-report), "
-                  "and the translation grid shows the lowest seed trained here."]
+        lines += [
+            "",
+            f"{n_restored} of these runs were trained in an earlier workspace: their "
+            f"numbers are restored from {', '.join(restored_from or [])} (--from-report), "
+            "and the translation grid shows the lowest seed trained here.",
+        ]
     if failed:
         lines += ["", "Failed runs (traceback in RUN/sweep.log):", ""]
         lines += [f"- `{r['name']}`: {r['error']}" for r in failed]
     return "\n".join(lines)
 
 
-def _plots(spec: dict, variants: list[tuple[SweepRun, dict]], short: dict[str, str],
-           folder: Path) -> None:
+def _plots(
+    spec: dict, variants: list[tuple[SweepRun, dict]], short: dict[str, str], folder: Path
+) -> None:
     """Each plot: one line per preset/variant (mean ± std over seeds) against the swept key;
     variants without grid values (e.g. plain PatchNCE) are dashed horizontal references."""
     if not spec["plots"]:
@@ -499,7 +628,8 @@ def _plots(spec: dict, variants: list[tuple[SweepRun, dict]], short: dict[str, s
             if x in run.params:
                 rest = [f"{short[k]}={folder_text(v)}" for k, v in run.params.items() if k != x]
                 series.setdefault(" ".join([name, *rest]), []).append(
-                    (run.params[x], mean, std or 0.0))
+                    (run.params[x], mean, std or 0.0)
+                )
             elif not run.params:
                 references.append((name, mean))
         numeric = all(is_number(p[0]) for points in series.values() for p in points)
@@ -508,8 +638,14 @@ def _plots(spec: dict, variants: list[tuple[SweepRun, dict]], short: dict[str, s
         for label, points in series.items():
             points.sort(key=lambda p: p[0] if numeric else categories.index(folder_text(p[0])))
             xs = [p[0] if numeric else categories.index(folder_text(p[0])) for p in points]
-            ax.errorbar(xs, [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
-                        capsize=3, label=label)
+            ax.errorbar(
+                xs,
+                [p[1] for p in points],
+                yerr=[p[2] for p in points],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
         for j, (label, mean) in enumerate(references):
             ax.axhline(mean, linestyle="--", color=f"C{(len(series) + j) % 10}", label=label)
         if plot["log_x"]:
@@ -527,8 +663,9 @@ def _plots(spec: dict, variants: list[tuple[SweepRun, dict]], short: dict[str, s
         plt.close(fig)
 
 
-def _translation_grid(sweep_dir: Path, examples: list[tuple[str, dict]], path: Path,
-                      n: int = 6) -> None:
+def _translation_grid(
+    sweep_dir: Path, examples: list[tuple[str, dict]], path: Path, n: int = 6
+) -> None:
     """The first ``n`` test images (rows) as each variant translated them at its final checkpoint
     (columns; the variant's lowest seed done, of those not restored from a report), after a
     reference column: the source image, or for paired runs (whose source is a label map) the
@@ -559,19 +696,24 @@ def _translation_grid(sweep_dir: Path, examples: list[tuple[str, dict]], path: P
     stems = [f.stem for f in columns[0][1]]
     # inches per image: small test images in rows; one whole image (a single-image run) larger
     cell = 1.1 if len(stems) > 1 else 4.0
-    fig, axes = plt.subplots(len(stems), len(columns) + 1, squeeze=False,
-                             figsize=(cell * (len(columns) + 1), cell * len(stems) + 0.9))
+    fig, axes = plt.subplots(
+        len(stems),
+        len(columns) + 1,
+        squeeze=False,
+        figsize=(cell * (len(columns) + 1), cell * len(stems) + 0.9),
+    )
     for row, stem in enumerate(stems):
         images = [load_image(reference[stem], 3) if stem in reference else None]
-        images += [load_image(files[row], 3) if row < len(files) else None
-                   for _, files in columns]
+        images += [load_image(files[row], 3) if row < len(files) else None for _, files in columns]
         size = images[1].size if images[1] is not None else None
         for col, image in enumerate(images):
             ax = axes[row, col]
             ax.axis("off")
             if image is not None:
-                ax.imshow(np.asarray(image.resize(size) if size and col == 0 else image),
-                          interpolation="nearest")  # sharp pixels, a 2x smaller PNG
+                ax.imshow(
+                    np.asarray(image.resize(size) if size and col == 0 else image),
+                    interpolation="nearest",
+                )  # sharp pixels, a 2x smaller PNG
     titles = ["real photo" if paired else "input", *(v for v, _ in columns)]
     for ax, title in zip(axes[0], titles):
         ax.set_title(title.replace("__", "\n"), fontsize=5)

@@ -26,11 +26,27 @@ from .config import (
 )
 
 # evaluate_run's metric -> the summary keys the tables use (swd also gives one key per level)
-METRIC_KEYS = {"swd": ("swd_avg",), "fid": ("fid",), "kid": ("kid_mean", "kid_std"),
-               "content": ("content_iou",), "domain": ("domain_b",)}
+METRIC_KEYS = {
+    "swd": ("swd_avg",),
+    "fid": ("fid",),
+    "kid": ("kid_mean", "kid_std"),
+    "content": ("content_iou",),
+    "domain": ("domain_b",),
+}
 LOWER_IS_BETTER = ("swd_avg", "fid", "kid_mean", "kid_std")
-_SPEC_KEYS = ("name", "description", "scale", "seeds", "metrics", "select", "device",
-              "inception_weights", "overrides", "runs", "plots")
+_SPEC_KEYS = (
+    "name",
+    "description",
+    "scale",
+    "seeds",
+    "metrics",
+    "select",
+    "device",
+    "inception_weights",
+    "overrides",
+    "runs",
+    "plots",
+)
 _GROUP_KEYS = ("presets", "label", "overrides", "grid")
 _PLOT_KEYS = ("x", "y", "log_x", "title")
 
@@ -82,35 +98,57 @@ def load_spec(spec: str | Path | dict, source: str | Path | None = None) -> dict
 def _checked(spec: dict) -> dict:
     """load_spec of a dict."""
     _known("sweep spec", spec, _SPEC_KEYS)
-    out = {"description": "", "scale": "cpu", "seeds": [0], "metrics": ["swd", "content", "domain"],
-           "device": None, "inception_weights": None, "overrides": [],
-           "plots": [], **spec}
+    out = {
+        "description": "",
+        "scale": "cpu",
+        "seeds": [0],
+        "metrics": ["swd", "content", "domain"],
+        "device": None,
+        "inception_weights": None,
+        "overrides": [],
+        "plots": [],
+        **spec,
+    }
     if not isinstance(out.get("name"), str) or not re.fullmatch(r"[A-Za-z0-9._-]+", out["name"]):
-        raise ValueError(f"sweep spec: name must be a folder name of letters, digits, '.', '_' "
-                         f"or '-'; got {out.get('name')!r}")
+        raise ValueError(
+            f"sweep spec: name must be a folder name of letters, digits, '.', '_' "
+            f"or '-'; got {out.get('name')!r}"
+        )
     if out["scale"] not in SCALES:
-        raise ValueError(f"sweep spec: scale must be one of {', '.join(SCALES)}; "
-                         f"got {out['scale']!r}")
+        raise ValueError(
+            f"sweep spec: scale must be one of {', '.join(SCALES)}; got {out['scale']!r}"
+        )
     seeds = out["seeds"]
-    if not (isinstance(seeds, list) and seeds and all(type(s) is int and s >= 0 for s in seeds)
-            and len(set(seeds)) == len(seeds)):
-        raise ValueError(f"sweep spec: seeds must be a non-empty list of distinct integers >= 0; "
-                         f"got {seeds!r}")
+    if not (
+        isinstance(seeds, list)
+        and seeds
+        and all(type(s) is int and s >= 0 for s in seeds)
+        and len(set(seeds)) == len(seeds)
+    ):
+        raise ValueError(
+            f"sweep spec: seeds must be a non-empty list of distinct integers >= 0; got {seeds!r}"
+        )
     metrics = out["metrics"]
     if not (isinstance(metrics, list) and metrics and set(metrics) <= set(METRIC_KEYS)):
-        raise ValueError(f"sweep spec: metrics must be a non-empty list of "
-                         f"{', '.join(METRIC_KEYS)}; got {metrics!r}")
+        raise ValueError(
+            f"sweep spec: metrics must be a non-empty list of "
+            f"{', '.join(METRIC_KEYS)}; got {metrics!r}"
+        )
     keys = metric_keys(metrics)
     if "select" not in spec:  # the first lower-is-better key of the metrics
         out["select"] = next((k for k in keys if k in LOWER_IS_BETTER), None)
     if out["select"] not in [k for k in keys if k in LOWER_IS_BETTER]:
-        raise ValueError(f"sweep spec: select must be a lower-is-better key of the metrics "
-                         f"({', '.join(k for k in keys if k in LOWER_IS_BETTER) or 'none'}); "
-                         f"got {out['select']!r}")
+        raise ValueError(
+            f"sweep spec: select must be a lower-is-better key of the metrics "
+            f"({', '.join(k for k in keys if k in LOWER_IS_BETTER) or 'none'}); "
+            f"got {out['select']!r}"
+        )
     _overrides("sweep spec overrides", out["overrides"])
     if not isinstance(out.get("runs"), list) or not out["runs"]:
-        raise ValueError("sweep spec: runs must be a non-empty list of groups "
-                         "({presets: [...], grid: {key: [values]}})")
+        raise ValueError(
+            "sweep spec: runs must be a non-empty list of groups "
+            "({presets: [...], grid: {key: [values]}})"
+        )
     out["runs"] = [_group(i, group) for i, group in enumerate(out["runs"])]
     swept: dict[str, list] = {}
     for group in out["runs"]:
@@ -138,10 +176,17 @@ def _known(what: str, mapping: object, valid: tuple[str, ...]) -> None:
 def _key(where: str, key: object) -> str:
     """A settings key: ``section.name`` or ``model.loss_options.name``."""
     parts = key.split(".") if isinstance(key, str) else []
-    if len(parts) < 2 or parts[0] not in ("model", "data", "train") or not all(parts) or (
-            len(parts) > 2 and parts[:2] != ["model", "loss_options"]) or len(parts) > 3:
-        raise ValueError(f"{where}: key {key!r} must be section.name (model, data or train) or "
-                         "model.loss_options.name")
+    if (
+        len(parts) < 2
+        or parts[0] not in ("model", "data", "train")
+        or not all(parts)
+        or (len(parts) > 2 and parts[:2] != ["model", "loss_options"])
+        or len(parts) > 3
+    ):
+        raise ValueError(
+            f"{where}: key {key!r} must be section.name (model, data or train) or "
+            "model.loss_options.name"
+        )
     if key in ("train.seed", "train.run_dir"):
         raise ValueError(f"{where}: {key} is set by the sweep (seeds, run folders)")
     return key
@@ -167,11 +212,14 @@ def _group(i: int, group: object) -> dict:
         raise ValueError(f"{where}: presets must be a non-empty list")
     unknown = [p for p in presets if p not in ALL_PRESETS]
     if unknown:
-        raise ValueError(f"{where}: unknown preset(s) {', '.join(map(str, unknown))}; "
-                         f"choose from {', '.join(ALL_PRESETS)}")
+        raise ValueError(
+            f"{where}: unknown preset(s) {', '.join(map(str, unknown))}; "
+            f"choose from {', '.join(ALL_PRESETS)}"
+        )
     label = group.get("label")
-    if label is not None and not (isinstance(label, str) and re.fullmatch(r"[A-Za-z0-9.+-]+",
-                                                                           label)):
+    if label is not None and not (
+        isinstance(label, str) and re.fullmatch(r"[A-Za-z0-9.+-]+", label)
+    ):
         raise ValueError(f"{where}: label must be letters, digits, '.', '+' or '-'; got {label!r}")
     grid = group.get("grid") or {}
     if not isinstance(grid, dict):
@@ -179,21 +227,29 @@ def _group(i: int, group: object) -> dict:
     for key, values in grid.items():
         _key(f"{where} grid", key)
         if not isinstance(values, list) or not values:
-            raise ValueError(f"{where} grid: {key} needs a non-empty list of values; "
-                             f"got {values!r}")
-    return {"presets": presets, "label": label, "grid": grid,
-            "overrides": _overrides(f"{where} overrides", group.get("overrides", []))}
+            raise ValueError(
+                f"{where} grid: {key} needs a non-empty list of values; got {values!r}"
+            )
+    return {
+        "presets": presets,
+        "label": label,
+        "grid": grid,
+        "overrides": _overrides(f"{where} overrides", group.get("overrides", [])),
+    }
 
 
 def _plot_spec(i: int, plot: object, swept: dict[str, list], keys: list[str]) -> dict:
     where = f"sweep spec plots[{i}]"
     _known(where, plot, _PLOT_KEYS)
     if plot.get("x") not in swept:
-        raise ValueError(f"{where}: x must be a swept grid key ({', '.join(swept) or 'none'}); "
-                         f"got {plot.get('x')!r}")
+        raise ValueError(
+            f"{where}: x must be a swept grid key ({', '.join(swept) or 'none'}); "
+            f"got {plot.get('x')!r}"
+        )
     if plot.get("y") not in keys:
-        raise ValueError(f"{where}: y must be a metric key ({', '.join(keys)}); "
-                         f"got {plot.get('y')!r}")
+        raise ValueError(
+            f"{where}: y must be a metric key ({', '.join(keys)}); got {plot.get('y')!r}"
+        )
     log_x = plot.get("log_x", False)
     if not isinstance(log_x, bool):
         raise ValueError(f"{where}: log_x must be true or false; got {log_x!r}")
@@ -217,17 +273,31 @@ def plan(spec: dict) -> list[SweepRun]:
         grid = group["grid"]
         for preset, point in itertools.product(group["presets"], itertools.product(*grid.values())):
             params = dict(zip(grid, point))
-            parts = [preset, *([group["label"]] if group["label"] else []),
-                     *(f"{short[k]}={folder_text(v)}" for k, v in params.items())]
+            parts = [
+                preset,
+                *([group["label"]] if group["label"] else []),
+                *(f"{short[k]}={folder_text(v)}" for k, v in params.items()),
+            ]
             variant = "__".join(parts)
             for seed in spec["seeds"]:
                 name = f"{variant}__seed={seed}"
                 if name in names:
-                    raise ValueError(f"sweep spec: two runs share the folder {name}; give the "
-                                     "groups distinct labels")
+                    raise ValueError(
+                        f"sweep spec: two runs share the folder {name}; give the "
+                        "groups distinct labels"
+                    )
                 names.add(name)
-                runs.append(SweepRun(name, variant, preset, group["label"], seed, params,
-                                     (*base, *group["overrides"], *params.items())))
+                runs.append(
+                    SweepRun(
+                        name,
+                        variant,
+                        preset,
+                        group["label"],
+                        seed,
+                        params,
+                        (*base, *group["overrides"], *params.items()),
+                    )
+                )
     return runs
 
 
@@ -236,8 +306,10 @@ def short_names(keys: list[str]) -> dict[str, str]:
     last = {}
     for key in dict.fromkeys(keys):
         last.setdefault(key.rsplit(".", 1)[-1], []).append(key)
-    return {k: k.rsplit(".", 1)[-1] if len(last[k.rsplit(".", 1)[-1]]) == 1 else k
-            for k in dict.fromkeys(keys)}
+    return {
+        k: k.rsplit(".", 1)[-1] if len(last[k.rsplit(".", 1)[-1]]) == 1 else k
+        for k in dict.fromkeys(keys)
+    }
 
 
 def folder_text(value: Any) -> str:
@@ -257,8 +329,9 @@ def _yaml(value: Any) -> str:
     return text.removesuffix("...").strip()
 
 
-def resolve_run(run: SweepRun, spec: dict, run_dir: str | Path, *,
-                max_steps: int | None = None) -> tuple[RunConfig, list[str]]:
+def resolve_run(
+    run: SweepRun, spec: dict, run_dir: str | Path, *, max_steps: int | None = None
+) -> tuple[RunConfig, list[str]]:
     """The run's validated config and the overrides (on top of preset and scale) that made it."""
     table = PAIRED_PRESETS if is_paired(run.preset) else PRESETS
     options = dict(table[run.preset].get("model", {}).get("loss_options", {}))
@@ -266,8 +339,9 @@ def resolve_run(run: SweepRun, spec: dict, run_dir: str | Path, *,
     for key, value in run.settings:
         if key == "model.loss_options":
             if not isinstance(value, dict):
-                raise ValueError(f"run {run.name}: model.loss_options must be a mapping; "
-                                 f"got {value!r}")
+                raise ValueError(
+                    f"run {run.name}: model.loss_options must be a mapping; got {value!r}"
+                )
             options, touched = dict(value), True
         elif key.startswith("model.loss_options."):
             options[key.rsplit(".", 1)[-1]], touched = value, True
@@ -286,14 +360,14 @@ def resolve_run(run: SweepRun, spec: dict, run_dir: str | Path, *,
     except ValueError as err:
         raise ValueError(f"run {run.name}: {err}") from None
     if is_paired(run.preset) and set(spec["metrics"]) & {"content", "domain"}:
-        raise ValueError(f"run {run.name}: metrics content and domain need the built-in "
-                         "unpaired data; use swd (or fid/kid) for paired presets")
+        raise ValueError(
+            f"run {run.name}: metrics content and domain need the built-in "
+            "unpaired data; use swd (or fid/kid) for paired presets"
+        )
     if "content" in spec["metrics"] and cfg.data.dataroot != "builtin":
         source = "testA" if cfg.data.direction == "AtoB" else "testB"
         if not (Path(cfg.data.dataroot) / f"{source}_masks").is_dir():
-            raise ValueError(f"run {run.name}: metric content needs {source}_masks/ in "
-                             f"{cfg.data.dataroot}")
+            raise ValueError(
+                f"run {run.name}: metric content needs {source}_masks/ in {cfg.data.dataroot}"
+            )
     return cfg, overrides
-
-
-

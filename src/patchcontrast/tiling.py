@@ -36,13 +36,15 @@ def tile_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> list
     if tile >= length:
         return [0]
     if not 0 <= overlap < tile:
-        raise ValueError(f"the tile overlap must be >= 0 and smaller than the tile ({tile}), "
-                         f"got {overlap}")
+        raise ValueError(
+            f"the tile overlap must be >= 0 and smaller than the tile ({tile}), got {overlap}"
+        )
     count = math.ceil((length - overlap) / (tile - overlap))
     count = max(count, 2)
     span = length - tile
-    starts = [min(span, (round(i * span / (count - 1)) // multiple) * multiple)
-              for i in range(count - 1)] + [span]
+    starts = [
+        min(span, (round(i * span / (count - 1)) // multiple) * multiple) for i in range(count - 1)
+    ] + [span]
     return sorted(set(starts))
 
 
@@ -62,47 +64,59 @@ def ramp_weights(length: int, starts: list[int], tile: int) -> list[Tensor]:
         if i + 1 < len(starts):  # overlap with the next tile: falls from ~1 to ~0
             o = start + size - starts[i + 1]
             t = (torch.arange(o, dtype=torch.float64) + 0.5) / o
-            w[size - o:] *= torch.cos(t * torch.pi / 2) ** 2
+            w[size - o :] *= torch.cos(t * torch.pi / 2) ** 2
         weights.append(w)
     # where tiles are closer than half a tile, three of them meet: divide by the sum so that the
     # weights still add up to one (a no-op where only two complementary ramps meet)
     total = torch.zeros(length, dtype=torch.float64)
     for start, w in zip(starts, weights):
-        total[start:start + size] += w
-    return [w / total[start:start + size] for start, w in zip(starts, weights)]
+        total[start : start + size] += w
+    return [w / total[start : start + size] for start, w in zip(starts, weights)]
 
 
-def blend_weights(height: int, width: int, tile: int, overlap: int, multiple: int = 1
-                  ) -> list[tuple[int, int, Tensor]]:
+def blend_weights(
+    height: int, width: int, tile: int, overlap: int, multiple: int = 1
+) -> list[tuple[int, int, Tensor]]:
     """Every tile as ``(top, left, weight)``, the weight ``(h, w)`` the product of the two
     axes' ramps. Neighbours in both directions overlap only where two ramps overlap, so these
     also sum to one at every pixel."""
     ys = tile_starts(height, tile, overlap, multiple)
     xs = tile_starts(width, tile, overlap, multiple)
     wy, wx = ramp_weights(height, ys, tile), ramp_weights(width, xs, tile)
-    return [(y, x, (a[:, None] * b[None, :]).float())
-            for y, a in zip(ys, wy) for x, b in zip(xs, wx)]
+    return [
+        (y, x, (a[:, None] * b[None, :]).float()) for y, a in zip(ys, wy) for x, b in zip(xs, wx)
+    ]
 
 
 def check_tile(tile: int, overlap: int | None, multiple: int) -> tuple[int, int]:
     """``tile`` rounded down to the generator's size multiple and the overlap (default a
     quarter of the tile, rounded to the multiple); a ValueError for unusable values."""
     if tile < 2 * multiple:
-        raise ValueError(f"--tile must be at least {2 * multiple} px (twice the generator's "
-                         f"size multiple {multiple}), got {tile}")
+        raise ValueError(
+            f"--tile must be at least {2 * multiple} px (twice the generator's "
+            f"size multiple {multiple}), got {tile}"
+        )
     tile -= tile % multiple
     if overlap is None:
         overlap = (tile // 4) - (tile // 4) % multiple
     if not 0 <= overlap < tile:
-        raise ValueError(f"--tile-overlap must be >= 0 and smaller than the tile ({tile} px), "
-                         f"got {overlap}")
+        raise ValueError(
+            f"--tile-overlap must be >= 0 and smaller than the tile ({tile} px), got {overlap}"
+        )
     return tile, overlap
 
 
 @torch.no_grad()
-def translate_tiled(translate: Callable[[Tensor], Tensor], images: Tensor, *, tile: int,
-                    overlap: int | None = None, multiple: int = 4,
-                    generator: nn.Module | None = None, stats: str = "tile") -> Tensor:
+def translate_tiled(
+    translate: Callable[[Tensor], Tensor],
+    images: Tensor,
+    *,
+    tile: int,
+    overlap: int | None = None,
+    multiple: int = 4,
+    generator: nn.Module | None = None,
+    stats: str = "tile",
+) -> Tensor:
     """``translate`` (a ``(B, C, H, W) -> (B, C', H, W)`` function of any size, e.g.
     ``objective.translate``) of ``images`` run on overlapping tiles of ``tile`` px and blended
     (see the module's docstring). ``multiple``: the generator's size multiple
@@ -131,19 +145,18 @@ def translate_tiled(translate: Callable[[Tensor], Tensor], images: Tensor, *, ti
         return _blend(translate, images, tiles, norms)
 
 
-def _blend(translate, images: Tensor, tiles: list, norms: WholeImageNorms | None = None
-           ) -> Tensor:
+def _blend(translate, images: Tensor, tiles: list, norms: WholeImageNorms | None = None) -> Tensor:
     h, w = images.shape[-2:]
     out = weight_sum = None
     for top, left, weight in tiles:
         th, tw = weight.shape
         weight = weight.to(images.device)
-        y = translate(images[..., top:top + th, left:left + tw].contiguous())
+        y = translate(images[..., top : top + th, left : left + tw].contiguous())
         if out is None:
             out = torch.zeros(*y.shape[:-2], h, w, dtype=torch.float32, device=y.device)
             weight_sum = torch.zeros(h, w, dtype=torch.float32, device=y.device)
-        out[..., top:top + th, left:left + tw] += y.float() * weight
-        weight_sum[top:top + th, left:left + tw] += weight
+        out[..., top : top + th, left : left + tw] += y.float() * weight
+        weight_sum[top : top + th, left : left + tw] += weight
     return (out / weight_sum).to(y.dtype)
 
 
@@ -169,8 +182,11 @@ class WholeImageNorms:
     """
 
     def __init__(self, generator: nn.Module) -> None:
-        self.layers = [m for m in generator.modules()
-                       if isinstance(m, nn.InstanceNorm2d) and not m.track_running_stats]
+        self.layers = [
+            m
+            for m in generator.modules()
+            if isinstance(m, nn.InstanceNorm2d) and not m.track_running_stats
+        ]
         self.fixed: dict[int, tuple[Tensor, Tensor]] = {}
         self.measuring: int | None = None
         self.weight: Tensor | None = None
@@ -186,8 +202,7 @@ class WholeImageNorms:
             del layer.forward
         self.measuring = None
 
-    def measure(self, translate: Callable[[Tensor], Tensor], images: Tensor, tiles: list
-                ) -> None:
+    def measure(self, translate: Callable[[Tensor], Tensor], images: Tensor, tiles: list) -> None:
         """The statistics of every norm over the whole image, one pass over the tiles each."""
         self.fixed = {}
         for k in range(len(self.layers)):
@@ -196,27 +211,28 @@ class WholeImageNorms:
                 self.weight = weight.to(images.device)
                 try:
                     th, tw = weight.shape
-                    translate(images[..., top:top + th, left:left + tw].contiguous())
+                    translate(images[..., top : top + th, left : left + tw].contiguous())
                 except _Stop:
                     pass
             total, sum_x, sum_xx = self.sums
             mean = sum_x / total
-            self.fixed[k] = (mean, (sum_xx / total - mean ** 2).clamp_min(0))
+            self.fixed[k] = (mean, (sum_xx / total - mean**2).clamp_min(0))
         self.measuring = self.sums = self.weight = None
 
     def _forward(self, i: int, layer: nn.InstanceNorm2d):
         def forward(x: Tensor) -> Tensor:
             if i == self.measuring:
-                w = nn.functional.interpolate(self.weight[None, None].double(),
-                                              size=x.shape[-2:], mode="area")[0, 0]
+                w = nn.functional.interpolate(
+                    self.weight[None, None].double(), size=x.shape[-2:], mode="area"
+                )[0, 0]
                 xd = x.double()
                 sums = [w.sum(), (xd * w).sum((-2, -1)), (xd * xd * w).sum((-2, -1))]
-                self.sums = sums if self.sums is None else \
-                    [a + b for a, b in zip(self.sums, sums)]
+                self.sums = sums if self.sums is None else [a + b for a, b in zip(self.sums, sums)]
                 raise _Stop
             mean, var = (t.to(x.dtype)[..., None, None] for t in self.fixed[i])
             out = (x - mean) * torch.rsqrt(var + layer.eps)
             if layer.affine:
                 out = out * layer.weight[:, None, None] + layer.bias[:, None, None]
             return out
+
         return forward

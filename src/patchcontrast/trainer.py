@@ -126,8 +126,18 @@ class TrainConfig:
     time_budget_s: float | None = None
 
     def __post_init__(self):
-        lows = dict(n_epochs=0, n_epochs_decay=0, num_workers=0, seed=0, batch_size=1,
-                    log_every=1, sample_every=1, checkpoint_every=1, keep_last=1, max_steps=1)
+        lows = dict(
+            n_epochs=0,
+            n_epochs_decay=0,
+            num_workers=0,
+            seed=0,
+            batch_size=1,
+            log_every=1,
+            sample_every=1,
+            checkpoint_every=1,
+            keep_last=1,
+            max_steps=1,
+        )
         for name, low in lows.items():
             value = getattr(self, name)
             if name == "max_steps" and value is None:
@@ -138,18 +148,22 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.seed must be < 2**32, got {self.seed}")
         for name in ("channels_last", "compile", "checkpoint_activations"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"TrainConfig.{name} must be true or false, "
-                                 f"got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"TrainConfig.{name} must be true or false, got {getattr(self, name)!r}"
+                )
         if self.time_budget_s is not None and not (
-                isinstance(self.time_budget_s, (int, float)) and self.time_budget_s > 0):
-            raise ValueError(f"TrainConfig.time_budget_s must be > 0 or null, got "
-                             f"{self.time_budget_s!r}")
+            isinstance(self.time_budget_s, (int, float)) and self.time_budget_s > 0
+        ):
+            raise ValueError(
+                f"TrainConfig.time_budget_s must be > 0 or null, got {self.time_budget_s!r}"
+            )
         if self.n_epochs + self.n_epochs_decay == 0:
             raise ValueError("TrainConfig.n_epochs + TrainConfig.n_epochs_decay must be > 0")
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
-                raise ValueError(f"TrainConfig.{name} must be one of {choices}, "
-                                 f"got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"TrainConfig.{name} must be one of {choices}, got {getattr(self, name)!r}"
+                )
         if not isinstance(self.run_dir, str) or not self.run_dir:
             raise ValueError(f"TrainConfig.run_dir must be a non-empty str, got {self.run_dir!r}")
         if self.device != "auto":
@@ -158,8 +172,10 @@ class TrainConfig:
             except (RuntimeError, TypeError) as e:
                 raise ValueError(f"TrainConfig.device: unknown device {self.device!r}") from e
             if device.type != "cuda" and self.amp != "none":
-                raise ValueError(f"TrainConfig.amp={self.amp!r} needs a CUDA device, "
-                                 f"got device={self.device!r}; use amp='none'")
+                raise ValueError(
+                    f"TrainConfig.amp={self.amp!r} needs a CUDA device, "
+                    f"got device={self.device!r}; use amp='none'"
+                )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -189,8 +205,10 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, signum: int, step: int, checkpoint: Path | None):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         saved = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint written"
-        super().__init__(f"training stopped by {signal.Signals(signum).name} at step {step} "
-                         f"({saved}); continue with fit(resume=True)")
+        super().__init__(
+            f"training stopped by {signal.Signals(signum).name} at step {step} "
+            f"({saved}); continue with fit(resume=True)"
+        )
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -204,8 +222,13 @@ def linear_multiplier(t: int, n: int, n_decay: int) -> float:
     return 1.0 - max(0, t + 1 - n) / (n_decay + 1)
 
 
-def apply_switches(objective: Objective, *, channels_last: bool = False, compile: bool = False,
-                   checkpoint_activations: bool = False) -> None:
+def apply_switches(
+    objective: Objective,
+    *,
+    channels_last: bool = False,
+    compile: bool = False,
+    checkpoint_activations: bool = False,
+) -> None:
     """The speed/memory switches of :class:`TrainConfig`, applied to ``objective`` in place.
 
     ``channels_last``: 4-D weights in NHWC (inputs must follow, see ``Trainer``).
@@ -221,14 +244,17 @@ def apply_switches(objective: Objective, *, channels_last: bool = False, compile
     """
     blocks = [m for m in objective.modules() if isinstance(m, ResnetBlock)]
     if checkpoint_activations and not blocks:
-        raise ValueError(f"TrainConfig.checkpoint_activations=True: {type(objective).__name__} has "
-                         "no ResnetBlock (CUT generator) to checkpoint; use false")
+        raise ValueError(
+            f"TrainConfig.checkpoint_activations=True: {type(objective).__name__} has "
+            "no ResnetBlock (CUT generator) to checkpoint; use false"
+        )
     if channels_last:
         objective.to(memory_format=torch.channels_last)
     if checkpoint_activations:
         from torch.utils.checkpoint import checkpoint
 
         for block in blocks:
+
             def run(x: torch.Tensor, forward=block.forward) -> torch.Tensor:
                 if not torch.is_grad_enabled():
                     return forward(x)
@@ -251,8 +277,15 @@ class Trainer:
     of the objective must exist already (no lazily created layers, docs/design.md §7.2).
     """
 
-    def __init__(self, objective: Objective, dataset: Dataset, config: TrainConfig, *,
-                 sample_batch: dict | None = None, extra_config: dict | None = None):
+    def __init__(
+        self,
+        objective: Objective,
+        dataset: Dataset,
+        config: TrainConfig,
+        *,
+        sample_batch: dict | None = None,
+        extra_config: dict | None = None,
+    ):
         self.objective, self.dataset, self.config = objective, dataset, config
         self.extra_config = dict(extra_config or {})
         if "train" in self.extra_config:
@@ -261,14 +294,18 @@ class Trainer:
         self.dist, self.device = setup(config.device)
         self._cuda = self.device.type == "cuda"
         if config.amp != "none" and not self._cuda:
-            raise ValueError(f"TrainConfig.amp={config.amp!r} needs CUDA; the device is "
-                             f"{self.device}; use amp='none'")
+            raise ValueError(
+                f"TrainConfig.amp={config.amp!r} needs CUDA; the device is "
+                f"{self.device}; use amp='none'"
+            )
         world = self.dist.world_size
         self.iters_per_epoch = len(dataset) // (config.batch_size * world)
         if self.iters_per_epoch == 0:
             per = f" x {world} processes" if world > 1 else ""
-            raise ValueError(f"the dataset has {len(dataset)} items, fewer than "
-                             f"batch_size={config.batch_size}{per} (batches drop the remainder)")
+            raise ValueError(
+                f"the dataset has {len(dataset)} items, fewer than "
+                f"batch_size={config.batch_size}{per} (batches drop the remainder)"
+            )
         n, n_decay = config.n_epochs, config.n_epochs_decay
         unit = self.iters_per_epoch if config.schedule_unit == "epoch" else 1
         self.total_steps = min((n + n_decay) * unit, config.max_steps or math.inf)
@@ -279,26 +316,41 @@ class Trainer:
         objective.to(self.device)
         sync_batchnorm(objective, self.dist, self.device)
         broadcast_module(objective, self.dist)  # before channels_last: collectives need NCHW
-        apply_switches(objective, channels_last=config.channels_last, compile=config.compile,
-                       checkpoint_activations=config.checkpoint_activations)
+        apply_switches(
+            objective,
+            channels_last=config.channels_last,
+            compile=config.compile,
+            checkpoint_activations=config.checkpoint_activations,
+        )
         self.optimizers, self.schedulers, self.scalers = {}, {}, {}
         self._params: dict[str, list[torch.nn.Parameter]] = {}
         for phase in phases:
-            bad = [m for m in phase.modules + phase.frozen
-                   if not isinstance(getattr(objective, m, None), torch.nn.Module)]
-            params = {id(p): p for m in phase.modules if m not in bad
-                      for p in getattr(objective, m).parameters()}
+            bad = [
+                m
+                for m in phase.modules + phase.frozen
+                if not isinstance(getattr(objective, m, None), torch.nn.Module)
+            ]
+            params = {
+                id(p): p
+                for m in phase.modules
+                if m not in bad
+                for p in getattr(objective, m).parameters()
+            }
             if bad or not params or phase.every < 1:
-                raise ValueError(f"Phase {phase.name!r}: every must be >= 1 and modules/frozen "
-                                 f"must name sub-modules (with parameters) of "
-                                 f"{type(objective).__name__}; not sub-modules: {bad}")
+                raise ValueError(
+                    f"Phase {phase.name!r}: every must be >= 1 and modules/frozen "
+                    f"must name sub-modules (with parameters) of "
+                    f"{type(objective).__name__}; not sub-modules: {bad}"
+                )
             self._params[phase.name] = list(params.values())
             opt = torch.optim.Adam(params.values(), lr=phase.lr, betas=phase.betas)
             self.optimizers[phase.name] = opt
             self.schedulers[phase.name] = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda t: linear_multiplier(t, n, n_decay))
-            self.scalers[phase.name] = torch.amp.GradScaler(self.device.type,
-                                                            enabled=config.amp == "fp16")
+                opt, lambda t: linear_multiplier(t, n, n_decay)
+            )
+            self.scalers[phase.name] = torch.amp.GradScaler(
+                self.device.type, enabled=config.amp == "fp16"
+            )
         self.step = self.epoch = self.position = 0  # position: batches done in this epoch
         self._fresh, self._rng, self._dirty, self._last_ckpt = True, None, False, -1
         self._last_sample, self._record, self._lr = -1, {}, {}
@@ -317,24 +369,36 @@ class Trainer:
         checkpoint of a multi-process run resumes in one process and vice versa."""
         path = on_main(lambda: resolve_checkpoint(Path(path)), self.dist)
         if not path.is_file():
-            raise FileNotFoundError(f"rank {self.dist.rank} cannot read {path}: the run folder "
-                                    "must be on a file system shared by all nodes")
+            raise FileNotFoundError(
+                f"rank {self.dist.rank} cannot read {path}: the run folder "
+                "must be on a file system shared by all nodes"
+            )
         state = read_checkpoint(path)
         saved = state["config"]["train"]
-        changed = [k for k in _TRAJECTORY
-                   if k != "batch_size" and saved.get(k) != getattr(self.config, k)]
+        changed = [
+            k for k in _TRAJECTORY if k != "batch_size" and saved.get(k) != getattr(self.config, k)
+        ]
         # the global batch matters, not its split over processes
-        if saved["batch_size"] * state.get("world_size", 1) != \
-                self.config.batch_size * self.dist.world_size:
+        if (
+            saved["batch_size"] * state.get("world_size", 1)
+            != self.config.batch_size * self.dist.world_size
+        ):
             changed.append("batch_size x processes")
         if changed and self.dist.is_main:
-            warnings.warn(f"resuming {path} with changed {changed}: the continuation will "
-                          "differ from the original run", stacklevel=2)
-        if set(state["optimizers"]) != set(self.optimizers) or \
-                state["position"] >= self.iters_per_epoch:
-            raise ValueError(f"{path} does not fit this run: phases {sorted(state['optimizers'])} "
-                             f"vs {sorted(self.optimizers)}, batch {state['position']} of an "
-                             f"epoch of {self.iters_per_epoch}")
+            warnings.warn(
+                f"resuming {path} with changed {changed}: the continuation will "
+                "differ from the original run",
+                stacklevel=2,
+            )
+        if (
+            set(state["optimizers"]) != set(self.optimizers)
+            or state["position"] >= self.iters_per_epoch
+        ):
+            raise ValueError(
+                f"{path} does not fit this run: phases {sorted(state['optimizers'])} "
+                f"vs {sorted(self.optimizers)}, batch {state['position']} of an "
+                f"epoch of {self.iters_per_epoch}"
+            )
         self.objective.load_state_dict(state["objective"])
         for name in self.optimizers:
             self.optimizers[name].load_state_dict(state["optimizers"][name])
@@ -346,8 +410,10 @@ class Trainer:
             # rank 0 saved its own GPU's stream first; every rank's GPU followed the same one
             state["rng"]["cuda"] = [state["rng"]["cuda"][0]] * len(state["rng"]["cuda"])
         if self.dist.is_main:
-            print(f"resumed from {path} at step {self.step} (epoch {self.epoch}, "
-                  f"batch {self.position})")
+            print(
+                f"resumed from {path} at step {self.step} (epoch {self.epoch}, "
+                f"batch {self.position})"
+            )
         return path
 
     def fit(self, resume: bool | str | os.PathLike | None = None) -> dict:
@@ -371,10 +437,16 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter  # slow import, only needed here
 
             with writing(self.run_dir / "tb"):  # it writes the event file's header at once
-                writer = SummaryWriter(self.run_dir / "tb",
-                                       purge_step=0 if self._fresh else self.step + 1)
-        bar = tqdm(total=self.total_steps, initial=self.step, unit="it", dynamic_ncols=True,
-                   disable=not self.dist.is_main)
+                writer = SummaryWriter(
+                    self.run_dir / "tb", purge_step=0 if self._fresh else self.step + 1
+                )
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            unit="it",
+            dynamic_ncols=True,
+            disable=not self.dist.is_main,
+        )
         try:
             with determinism(self.config.deterministic), graceful_signals() as stop:
                 if self._fresh:
@@ -392,8 +464,12 @@ class Trainer:
             if writer is not None:
                 with writing(self.run_dir / "tb"):
                     writer.close()
-        return {"step": self.step, "epoch": self.epoch, "stats": self._record,
-                "run_dir": str(self.run_dir)}
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "stats": self._record,
+            "run_dir": str(self.run_dir),
+        }
 
     def time_iterations(self, n: int = 8, warmup: int = 2) -> dict[str, float]:
         """Seconds per iteration (median of ``n`` after ``warmup``), per sample grid and per
@@ -419,13 +495,18 @@ class Trainer:
         sample = time.perf_counter() - start
         start = time.perf_counter()
         self._checkpoint()
-        return {"iteration": float(np.median(times[warmup:])), "sample": sample,
-                "checkpoint": time.perf_counter() - start}
+        return {
+            "iteration": float(np.median(times[warmup:])),
+            "sample": sample,
+            "checkpoint": time.perf_counter() - start,
+        }
 
     def _open_run_dir(self) -> None:
         if self._fresh and checkpoint_files(self.run_dir / "checkpoints"):
-            raise FileExistsError(f"{self.run_dir} already holds checkpoints: continue that run "
-                                  "with --resume (resume=True), or choose another run folder")
+            raise FileExistsError(
+                f"{self.run_dir} already holds checkpoints: continue that run "
+                "with --resume (resume=True), or choose another run folder"
+            )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # half-written files of a process killed while writing them (the lock is ours now)
         for folder in (self.run_dir, self.run_dir / "checkpoints", self.run_dir / "samples"):
@@ -433,23 +514,34 @@ class Trainer:
         config = json.dumps({"train": self.config.to_dict(), **self.extra_config}, indent=2)
         atomic_write_text(self.run_dir / "config.json", config + "\n")
         where = f"{self.dist.world_size} processes, rank 0 on " if self.dist.enabled else ""
-        print(f"{config}\n{where}device {self.device}, {self.iters_per_epoch} iterations/epoch, "
-              f"{self.total_steps} iterations, run_dir {self.run_dir}")
+        print(
+            f"{config}\n{where}device {self.device}, {self.iters_per_epoch} iterations/epoch, "
+            f"{self.total_steps} iterations, run_dir {self.run_dir}"
+        )
         # checkpoints of a continuation abandoned by resuming from an older one: keep them, but
         # out of the way of keep_last and of resume(run_dir)
-        later = [p for p in checkpoint_files(self.run_dir / "checkpoints")
-                 if not self._fresh and checkpoint_step(p) > self.step]
+        later = [
+            p
+            for p in checkpoint_files(self.run_dir / "checkpoints")
+            if not self._fresh and checkpoint_step(p) > self.step
+        ]
         for p in later:
             p.rename(p.with_name(f"abandoned_{p.name}"))
         if later:
-            warnings.warn(f"checkpoints after the resumed step renamed to abandoned_*: "
-                          f"{[p.name for p in later]}", stacklevel=3)
+            warnings.warn(
+                f"checkpoints after the resumed step renamed to abandoned_*: "
+                f"{[p.name for p in later]}",
+                stacklevel=3,
+            )
         stats = self.run_dir / "stats.jsonl"
         if self._fresh:  # leftovers of a run that never reached a checkpoint
             stats.unlink(missing_ok=True)
         elif stats.exists():  # lines after the checkpoint will be logged again
-            kept = [line for line in stats.read_text().splitlines()
-                    if (record := _stats_line(line)) is not None and record["step"] <= self.step]
+            kept = [
+                line
+                for line in stats.read_text().splitlines()
+                if (record := _stats_line(line)) is not None and record["step"] <= self.step
+            ]
             atomic_write_text(stats, "".join(f"{line}\n" for line in kept))
 
     def _loop(self, stop, writer, bar) -> None:
@@ -498,17 +590,24 @@ class Trainer:
         g = torch.Generator().manual_seed(derived_seed(cfg.seed, self.epoch, 0))
         # datasets whose items draw their randomness per batch of consecutive indices (SinCUT's
         # shared zoom and distinct crop cells) declare ``ordered = True`` and are read in order
-        order = torch.arange(len(self.dataset)) if getattr(self.dataset, "ordered", False) \
+        order = (
+            torch.arange(len(self.dataset))
+            if getattr(self.dataset, "ordered", False)
             else torch.randperm(len(self.dataset), generator=g)
+        )
         order = order[: self.iters_per_epoch * env.world_size * bs]
         mine = order.view(self.iters_per_epoch, env.world_size, bs)[:, env.rank].reshape(-1)
         rank = (env.rank,) if env.enabled else ()  # workers of different ranks draw differently
         return DataLoader(
-            self.dataset, batch_size=bs, sampler=mine[self.position * bs:].tolist(),
-            drop_last=True, num_workers=cfg.num_workers, pin_memory=self._cuda,
+            self.dataset,
+            batch_size=bs,
+            sampler=mine[self.position * bs :].tolist(),
+            drop_last=True,
+            num_workers=cfg.num_workers,
+            pin_memory=self._cuda,
             worker_init_fn=ignore_sigint if cfg.num_workers else None,
-            generator=torch.Generator().manual_seed(
-                derived_seed(cfg.seed, self.epoch, 1, *rank)))
+            generator=torch.Generator().manual_seed(derived_seed(cfg.seed, self.epoch, 1, *rank)),
+        )
 
     def _next_batch(self, batches) -> dict:
         """The next batch. Under torchrun, randomness drawn while loading in this process comes
@@ -570,9 +669,11 @@ class Trainer:
             value = mean_over_ranks({"loss": value}, self.dist, self.device)["loss"]
             if not math.isfinite(value):
                 path = self._checkpoint("nonfinite_step")
-                raise NonFiniteLossError(f"phase {phase.name!r} returned a non-finite loss "
-                                         f"({value}) at step {self.step} (iterations done, epoch "
-                                         f"{self.epoch}); state saved to {path}")
+                raise NonFiniteLossError(
+                    f"phase {phase.name!r} returned a non-finite loss "
+                    f"({value}) at step {self.step} (iterations done, epoch "
+                    f"{self.epoch}); state saved to {path}"
+                )
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             # before the scaler's inf check, so that all ranks skip or step together
@@ -603,13 +704,17 @@ class Trainer:
         """One stats.jsonl line and the same scalars to TensorBoard: epochs done (fractional), the
         LR used last, the mean of each stat over the interval, timing (data loading and side work
         included)."""
-        means = mean_over_ranks({k: sum(v) / len(v) for k, v in meter.items()}, self.dist,
-                                self.device)  # a collective: every rank takes part
-        record = {"step": self.step, "epoch": round(self.step / self.iters_per_epoch, 6),
-                  **{f"lr/{k}": v for k, v in self._lr.items()},
-                  **{k: means[k] for k in meter},
-                  "sec_per_iter": seconds / ticks,
-                  "img_per_sec": ticks * self.config.batch_size * self.dist.world_size / seconds}
+        means = mean_over_ranks(
+            {k: sum(v) / len(v) for k, v in meter.items()}, self.dist, self.device
+        )  # a collective: every rank takes part
+        record = {
+            "step": self.step,
+            "epoch": round(self.step / self.iters_per_epoch, 6),
+            **{f"lr/{k}": v for k, v in self._lr.items()},
+            **{k: means[k] for k in meter},
+            "sec_per_iter": seconds / ticks,
+            "img_per_sec": ticks * self.config.batch_size * self.dist.world_size / seconds,
+        }
         self._record = record
         if not self.dist.is_main:
             return
@@ -626,8 +731,9 @@ class Trainer:
     def _write_samples(self) -> None:
         if self._last_sample == self.step or not self.dist.is_main:
             return
-        batch = {k: v.to(self.device) if torch.is_tensor(v) else v
-                 for k, v in self.sample_batch.items()}
+        batch = {
+            k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.sample_batch.items()
+        }
         self.objective.eval()
         try:
             with torch.no_grad(), rng_preserved(self._cuda):
@@ -648,14 +754,21 @@ class Trainer:
         if not self.dist.is_main:
             return path
         folder.mkdir(exist_ok=True)
-        atomic_save({"objective": self.objective.state_dict(),
-                      "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                      "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
-                      "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
-                      "step": self.step, "epoch": self.epoch, "position": self.position,
-                      "world_size": self.dist.world_size,
-                      "rng": self._boundary_rng,  # as at the end of the last whole iteration
-                      "config": {"train": self.config.to_dict(), **self.extra_config}}, path)
+        atomic_save(
+            {
+                "objective": self.objective.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+                "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
+                "step": self.step,
+                "epoch": self.epoch,
+                "position": self.position,
+                "world_size": self.dist.world_size,
+                "rng": self._boundary_rng,  # as at the end of the last whole iteration
+                "config": {"train": self.config.to_dict(), **self.extra_config},
+            },
+            path,
+        )
         if prefix == "step":
             self._last_ckpt = self.step
             older = [p for p in checkpoint_files(folder) if p != path]

@@ -48,21 +48,27 @@ def read_model_config(folder: str | Path) -> dict:
     folder = Path(folder)
     for name in (CONFIG, WEIGHTS):
         if not (folder / name).is_file():
-            raise ValueError(f"{folder} is not an exported patchcontrast model: {folder / name} "
-                             "is missing (`patchcontrast export RUN_DIR --output MODEL_DIR` "
-                             "writes both model.safetensors and config.json)")
+            raise ValueError(
+                f"{folder} is not an exported patchcontrast model: {folder / name} "
+                "is missing (`patchcontrast export RUN_DIR --output MODEL_DIR` "
+                "writes both model.safetensors and config.json)"
+            )
     path = folder / CONFIG
     try:
         config = json.loads(path.read_text())
     except ValueError as err:
         raise ValueError(f"{path} is not valid JSON ({err}): export the model again") from None
     if not isinstance(config, dict) or "format" not in config:
-        raise ValueError(f"{path} is not the config.json of an exported patchcontrast model: it "
-                         "has no 'format' key")
+        raise ValueError(
+            f"{path} is not the config.json of an exported patchcontrast model: it "
+            "has no 'format' key"
+        )
     if config["format"] != FORMAT:
-        raise ValueError(f"{path} is of model format {config['format']!r}; this patchcontrast "
-                         f"reads format {FORMAT}: export the model again with this version, or "
-                         f"use the version that wrote it ({config.get('patchcontrast_version')})")
+        raise ValueError(
+            f"{path} is of model format {config['format']!r}; this patchcontrast "
+            f"reads format {FORMAT}: export the model again with this version, or "
+            f"use the version that wrote it ({config.get('patchcontrast_version')})"
+        )
     return config
 
 
@@ -70,9 +76,15 @@ def run_config_of(config: dict, folder: str | Path) -> RunConfig:
     """The run config that rebuilds an exported generator and reads its inputs. The training
     section is not exported: it gets the defaults, with the model folder as ``run_dir``."""
     try:
-        return config_from_dict({"preset": config["preset"], "scale": config["scale"],
-                                 "model": config["model"], "data": config["data"],
-                                 "train": {"run_dir": str(folder)}})
+        return config_from_dict(
+            {
+                "preset": config["preset"],
+                "scale": config["scale"],
+                "model": config["model"],
+                "data": config["data"],
+                "train": {"run_dir": str(folder)},
+            }
+        )
     except KeyError as err:
         raise ValueError(f"{Path(folder) / CONFIG} lacks the key {err}") from None
     except ValueError as err:
@@ -82,8 +94,7 @@ def run_config_of(config: dict, folder: str | Path) -> RunConfig:
 def translating_generator(objective: nn.Module) -> tuple[str, nn.Module]:
     """The name and module of an objective's generator that translates: unpaired runs'
     ``translator`` (``G_ema`` when the run kept an average of G, else ``G``), paired runs' G."""
-    generator = objective.translator if isinstance(objective, UnpairedObjective) \
-        else objective.G
+    generator = objective.translator if isinstance(objective, UnpairedObjective) else objective.G
     name = next(name for name, module in objective.named_children() if module is generator)
     return name, generator
 
@@ -98,8 +109,9 @@ def read_weights(path: Path, generator: nn.Module) -> dict[str, Tensor]:
     try:
         weights = load_file(path)
     except SafetensorError as err:
-        raise ValueError(f"{path} is not a readable safetensors file ({err}): export the model "
-                         "again") from None
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({err}): export the model again"
+        ) from None
     expected = generator.state_dict()
     problems = []
     missing = [k for k in expected if k not in weights]
@@ -108,13 +120,18 @@ def read_weights(path: Path, generator: nn.Module) -> dict[str, Tensor]:
     unexpected = [k for k in weights if k not in expected]
     if unexpected:
         problems.append(f"unexpected {_some(unexpected)}")
-    wrong = [f"{k} {tuple(weights[k].shape)} instead of {tuple(v.shape)}"
-             for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
+    wrong = [
+        f"{k} {tuple(weights[k].shape)} instead of {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in weights and weights[k].shape != v.shape
+    ]
     if wrong:
         problems.append(f"wrong shapes {_some(wrong)}")
     if problems:
-        raise ValueError(f"{path} does not fit the generator that {path.with_name(CONFIG)} "
-                         f"describes: {'; '.join(problems)}")
+        raise ValueError(
+            f"{path} does not fit the generator that {path.with_name(CONFIG)} "
+            f"describes: {'; '.join(problems)}"
+        )
     return weights
 
 
@@ -152,8 +169,9 @@ class Translator(nn.Module):
         self._translate = objective.translate
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, *, device: str | torch.device = "cpu"
-                        ) -> Translator:
+    def from_pretrained(
+        cls, model_dir: str | Path, *, device: str | torch.device = "cpu"
+    ) -> Translator:
         """Load an exported model folder (local only): config.json rebuilds the generator,
         model.safetensors fills it strictly. Problems raise a one-line ValueError naming the
         file: a missing file, an unknown format version, tensors that do not fit the config."""
@@ -161,8 +179,10 @@ class Translator(nn.Module):
 
         folder = Path(model_dir)
         if not folder.is_dir():
-            raise ValueError(f"{folder} is not a folder: from_pretrained loads a local model "
-                             "folder that `patchcontrast export` wrote (nothing is downloaded)")
+            raise ValueError(
+                f"{folder} is not a folder: from_pretrained loads a local model "
+                "folder that `patchcontrast export` wrote (nothing is downloaded)"
+            )
         config = read_model_config(folder)
         run_config = run_config_of(config, folder)
         objective = build_objective(run_config, inference=True)

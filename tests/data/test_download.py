@@ -80,8 +80,13 @@ class _Server:
 
 @pytest.fixture
 def server():
-    s = _Server({"/toy.zip": _zip_bytes("toy"), "/pairs.tar.gz": _tar_bytes("pairs"),
-                 "/broken.zip": _zip_bytes("broken")[:-200]})
+    s = _Server(
+        {
+            "/toy.zip": _zip_bytes("toy"),
+            "/pairs.tar.gz": _tar_bytes("pairs"),
+            "/broken.zip": _zip_bytes("broken")[:-200],
+        }
+    )
     yield s
     s.close()
 
@@ -95,15 +100,13 @@ def test_standard_urls_are_registered():
 def test_download_verifies_and_extracts_zip(server, tmp_path):
     result = download_dataset("toy", tmp_path, url=f"{server.url}/toy.zip", progress=False)
     assert result.folder == tmp_path / "toy"
-    assert sorted(p.name for p in result.folder.iterdir()) == ["testA", "testB", "trainA",
-                                                               "trainB"]
+    assert sorted(p.name for p in result.folder.iterdir()) == ["testA", "testB", "trainA", "trainB"]
     assert (tmp_path / "toy/trainA/2.txt").read_text().startswith("trainA-2-")
     assert not list(tmp_path.glob("*.zip*"))  # archive removed after extraction
 
 
 def test_download_extracts_tar_gz(server, tmp_path):
-    result = download_dataset("pairs", tmp_path, url=f"{server.url}/pairs.tar.gz",
-                              progress=False)
+    result = download_dataset("pairs", tmp_path, url=f"{server.url}/pairs.tar.gz", progress=False)
     assert (result.folder / "train/1.jpg").read_bytes() == b"pixels" * 1000
 
 
@@ -133,8 +136,9 @@ def test_damaged_archive_is_rejected_and_deleted(server, tmp_path):
 
 def test_unreachable_network_is_a_clear_error(tmp_path):
     with pytest.raises(DownloadError, match="cannot reach .*Check the network connection"):
-        download_dataset("toy", tmp_path, url="http://127.0.0.1:9/toy.zip", timeout=2,
-                         progress=False)
+        download_dataset(
+            "toy", tmp_path, url="http://127.0.0.1:9/toy.zip", timeout=2, progress=False
+        )
 
 
 def test_http_error_and_unknown_name(server, tmp_path):

@@ -40,8 +40,14 @@ def _corrupt(path, data=b"this is not an image"):
 
 
 def test_list_images_sorted_formats_case_insensitive(tmp_path):
-    for name, fmt in (("b.PNG", "PNG"), ("a.jpeg", "JPEG"), ("c.Tif", "TIFF"), ("d.webp", "WEBP"),
-                      ("e.bmp", "BMP"), (".hidden.png", "PNG")):
+    for name, fmt in (
+        ("b.PNG", "PNG"),
+        ("a.jpeg", "JPEG"),
+        ("c.Tif", "TIFF"),
+        ("d.webp", "WEBP"),
+        ("e.bmp", "BMP"),
+        (".hidden.png", "PNG"),
+    ):
         _save(tmp_path / name, 1, fmt=fmt)
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / "folder.png").mkdir()
@@ -281,7 +287,10 @@ def test_single_folder_dataset(tmp_path):
     assert set(item) == {"A", "A_path"} and item["A"].shape == (3, 32, 48)
     assert item["A_path"].endswith("2.bmp")
     assert SingleFolderDataset(tmp_path / "photos", crop_size=8, channels=1)[0]["A"].shape == (
-        1, 8, 8)
+        1,
+        8,
+        8,
+    )
     with pytest.raises(ValueError, match="missing"):
         SingleFolderDataset(tmp_path / "missing")
 

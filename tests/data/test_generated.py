@@ -27,9 +27,11 @@ def test_same_key_gives_identical_bytes_and_other_keys_differ():
     image, mask = render_sample("A", 5, size=(64, 64), seed=3)
     again, mask_again = render_sample("A", 5, size=(64, 64), seed=3)
     assert image.tobytes() == again.tobytes() and np.array_equal(mask, mask_again)
-    for other in (render_sample("A", 6, size=(64, 64), seed=3),
-                  render_sample("A", 5, size=(64, 64), seed=4),
-                  render_sample("B", 5, size=(64, 64), seed=3)):
+    for other in (
+        render_sample("A", 6, size=(64, 64), seed=3),
+        render_sample("A", 5, size=(64, 64), seed=4),
+        render_sample("B", 5, size=(64, 64), seed=3),
+    ):
         assert not np.array_equal(other[0], image)
 
 
@@ -52,8 +54,10 @@ def test_shapes_dtypes_and_non_empty_masks(domain, size):
 
 
 def test_b_is_striped_and_a_is_plain():
-    energy = {d: np.mean([_gradient_energy(*render_sample(d, i, size=128)) for i in range(8)])
-              for d in "AB"}
+    energy = {
+        d: np.mean([_gradient_energy(*render_sample(d, i, size=128)) for i in range(8)])
+        for d in "AB"
+    }
     assert energy["B"] > 5 * energy["A"]
     # Zebras are black and white: their pixels are grey (R ~ G ~ B) and far from mid-grey.
     image, mask = render_sample("B", 0, size=128)
@@ -126,8 +130,9 @@ def test_direction_btoa_swaps_domains():
     assert item["A_path"] == "generated/trainB/000000.png"
     zebra = (item["A"].numpy().transpose(1, 2, 0) + 1) * 127.5
     horse = (item["B"].numpy().transpose(1, 2, 0) + 1) * 127.5
-    assert (_gradient_energy(zebra, item["A_mask"][0].numpy())
-            > 3 * _gradient_energy(horse, item["B_mask"][0].numpy()))
+    assert _gradient_energy(zebra, item["A_mask"][0].numpy()) > 3 * _gradient_energy(
+        horse, item["B_mask"][0].numpy()
+    )
 
 
 def test_dataset_rejects_bad_arguments():
@@ -167,8 +172,11 @@ def test_a_writer_beside_us_keeps_its_temporary_files(tmp_path):
     """Two sweeps that generate the same cache at once: each renames only its own temporary
     files (a shared ``NNNNNN.tmp`` let one move the other's half-written PNG away)."""
     root = tmp_path / "gen"
-    others = [root / "trainA" / "000000.tmp", root / "trainA" / ".000000.png.1.tmp",
-              root / ".generated.json.1.tmp"]
+    others = [
+        root / "trainA" / "000000.tmp",
+        root / "trainA" / ".000000.png.1.tmp",
+        root / ".generated.json.1.tmp",
+    ]
     for path in others:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"another process is writing this")

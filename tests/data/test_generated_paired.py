@@ -102,15 +102,18 @@ def test_written_layout_reads_back_with_paired_dataset(tmp_path):
     for split, n in (("train", 3), ("test", 2)):
         for kind in ("label", "img"):
             assert sorted(p.name for p in (root / f"{split}_{kind}").iterdir()) == [
-                f"{i:06d}.png" for i in range(n)]
+                f"{i:06d}.png" for i in range(n)
+            ]
     assert json.loads((root / "generated.json").read_text())["kind"] == "paired"
-    ds = PairedDataset(root, "test", label_nc=GENERATED_LABEL_NC, load_size=32, crop_size=32,
-                       train=False)
+    ds = PairedDataset(
+        root, "test", label_nc=GENERATED_LABEL_NC, load_size=32, crop_size=32, train=False
+    )
     label, image = render_paired_sample(TEST_OFFSET + 1, size=32)
     item = ds[1]
     assert np.array_equal(item["label"][0].numpy(), label)
-    assert np.array_equal(((item["image"] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy(),
-                          image)
+    assert np.array_equal(
+        ((item["image"] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy(), image
+    )
 
 
 def test_writing_is_resumable_and_settings_must_match(tmp_path):
@@ -127,10 +130,10 @@ def test_writing_is_resumable_and_settings_must_match(tmp_path):
     assert len(list((root / "train_label").iterdir())) == 5
     for other in ({"seed": 1}, {"size": 32}):
         with pytest.raises(ValueError, match="holds a generated dataset made with"):
-            write_generated_paired(root, **{"n_train": 3, "n_test": 1, "size": 16,
-                                            "progress": False, **other})
-    unpaired = write_generated_dataset(tmp_path / "u", n_train=1, n_test=1, size=16,
-                                       progress=False)
+            write_generated_paired(
+                root, **{"n_train": 3, "n_test": 1, "size": 16, "progress": False, **other}
+            )
+    unpaired = write_generated_dataset(tmp_path / "u", n_train=1, n_test=1, size=16, progress=False)
     with pytest.raises(ValueError, match="holds a generated dataset made with"):
         write_generated_paired(unpaired, n_train=1, n_test=1, size=16, progress=False)
     with pytest.raises(ValueError, match="need 0 < n_train"):

@@ -22,8 +22,12 @@ from patchcontrast.data.paired import (
 FACADES = Path(__file__).resolve().parents[3] / "shared" / "data" / "facades"
 
 
-def _write_folders(root: Path, labels: dict[str, np.ndarray], phase: str = "train",
-                   photos: dict[str, np.ndarray] | None = None) -> Path:
+def _write_folders(
+    root: Path,
+    labels: dict[str, np.ndarray],
+    phase: str = "train",
+    photos: dict[str, np.ndarray] | None = None,
+) -> Path:
     """root/{phase}_label/NAME.png (ids) + root/{phase}_img/NAME.png (photo; grey if not given)."""
     (root / f"{phase}_label").mkdir(parents=True, exist_ok=True)
     (root / f"{phase}_img").mkdir(parents=True, exist_ok=True)
@@ -89,8 +93,9 @@ def test_label_and_photo_share_crop_and_flip_exactly(tmp_path):
     y, x = np.mgrid[0:40, 0:40]
     label = (40 * y + x).astype(np.uint16)
     photo = np.stack([6 * x, 6 * y, np.zeros_like(x)], -1).astype(np.uint8)
-    root = _write_folders(tmp_path, {f"p{i}": label for i in range(6)},
-                          photos={f"p{i}": photo for i in range(6)})
+    root = _write_folders(
+        tmp_path, {f"p{i}": label for i in range(6)}, photos={f"p{i}": photo for i in range(6)}
+    )
     ds = PairedDataset(root, label_nc=1600, load_size=40, crop_size=32)
     flips, corners = 0, set()
     for i in range(len(ds)):
@@ -171,23 +176,24 @@ def test_label_offset_reads_ade20k_style_labels(tmp_path):
     stored = np.array([[0, 1], [2, 3]], np.uint8).repeat(8, 0).repeat(8, 1)
     root = _write_folders(tmp_path, {"a": stored})
     kw = {"load_size": 16, "crop_size": 16, "train": False}
-    out = PairedDataset(root, label_nc=3, dont_care=True, ignore_value=0, label_offset=1,
-                        **kw)[0]["label"][0]
+    out = PairedDataset(root, label_nc=3, dont_care=True, ignore_value=0, label_offset=1, **kw)[0][
+        "label"
+    ][0]
     assert np.array_equal(out.numpy(), np.choose(stored, [3, 0, 1, 2]))
-    assert np.array_equal(remap_label_ids(stored, 3, ignore_value=0, label_offset=1),
-                          out.numpy())
+    assert np.array_equal(remap_label_ids(stored, 3, ignore_value=0, label_offset=1), out.numpy())
     with pytest.raises(ValueError, match=r"outside 0\.\.1 in 1 file: a\.png \{-1, 2\}"):
         PairedDataset(root, label_nc=2, label_offset=1, **kw)  # 0 - 1 and 3 - 1 are not ids
     with pytest.raises(ValueError, match="label_offset applies to layout='folders'"):
-        PairedDataset(root, label_nc=12, layout="side_by_side", palette="facades",
-                      label_offset=1)
+        PairedDataset(root, label_nc=12, layout="side_by_side", palette="facades", label_offset=1)
 
 
 def test_crops_depend_only_on_seed_epoch_and_index(tmp_path):
     y, x = np.mgrid[0:40, 0:40]
-    root = _write_folders(tmp_path, {f"p{i}": ((y + x) % 8).astype(np.uint8) for i in range(4)},
-                          photos={f"p{i}": np.stack([6 * x, 6 * y, 0 * x], -1).astype(np.uint8)
-                                  for i in range(4)})
+    root = _write_folders(
+        tmp_path,
+        {f"p{i}": ((y + x) % 8).astype(np.uint8) for i in range(4)},
+        photos={f"p{i}": np.stack([6 * x, 6 * y, 0 * x], -1).astype(np.uint8) for i in range(4)},
+    )
 
     def images(seed: int, epoch: int, order=range(4)) -> dict[int, torch.Tensor]:
         ds = PairedDataset(root, label_nc=8, load_size=40, crop_size=24, seed=seed)
@@ -203,12 +209,14 @@ def test_crops_depend_only_on_seed_epoch_and_index(tmp_path):
 
 def test_argument_errors_are_clear(tmp_path):
     root = _write_folders(tmp_path, {"a": _blocks()})
-    cases = [({"layout": "pix2pix"}, "layout must be"),
-             ({"photo_side": "top"}, "photo_side must be"),
-             ({"label_nc": 0}, "label_nc must be a positive int"),
-             ({"palette": "facades"}, "palette only applies"),
-             ({"layout": "side_by_side"}, "needs palette="),
-             ({"crop_size": 30}, "multiples of 4")]
+    cases = [
+        ({"layout": "pix2pix"}, "layout must be"),
+        ({"photo_side": "top"}, "photo_side must be"),
+        ({"label_nc": 0}, "label_nc must be a positive int"),
+        ({"palette": "facades"}, "palette only applies"),
+        ({"layout": "side_by_side"}, "needs palette="),
+        ({"crop_size": 30}, "multiples of 4"),
+    ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
             PairedDataset(root, **{"label_nc": 3, **kwargs})
@@ -246,7 +254,7 @@ def _coded_pairs(root: Path, n: int, size: int, photo_side: str = "left") -> lis
         for _ in range(5):
             y, x = rng.integers(0, size * 3 // 4, 2)
             h, w = rng.integers(size // 8, size // 3, 2)
-            ids[y:y + h, x:x + w] = rng.integers(12)
+            ids[y : y + h, x : x + w] = rng.integers(12)
         yy, xx = np.mgrid[0:size, 0:size] * 255 // size
         photo = np.stack([xx, yy, np.full_like(xx, 128)], -1).astype(np.uint8)
         halves = [photo, palette[ids]] if photo_side == "left" else [palette[ids], photo]
@@ -258,8 +266,16 @@ def _coded_pairs(root: Path, n: int, size: int, photo_side: str = "left") -> lis
 @pytest.mark.parametrize("photo_side", ["left", "right"])
 def test_side_by_side_split_and_palette_recover_jpeg_labels(tmp_path, photo_side):
     truths = _coded_pairs(tmp_path, 4, 128, photo_side)
-    ds = PairedDataset(tmp_path, label_nc=12, layout="side_by_side", palette="facades",
-                       photo_side=photo_side, load_size=128, crop_size=128, train=False)
+    ds = PairedDataset(
+        tmp_path,
+        label_nc=12,
+        layout="side_by_side",
+        palette="facades",
+        photo_side=photo_side,
+        load_size=128,
+        crop_size=128,
+        train=False,
+    )
     correct = 0
     for i, truth in enumerate(truths):
         item = ds[i]
@@ -285,8 +301,9 @@ def test_boundary_blends_take_a_neighbouring_class_not_a_third_one():
 
 
 def test_split_pair_halves_and_odd_width():
-    image = Image.fromarray(np.concatenate([np.zeros((4, 5, 3)), np.full((4, 6, 3), 255)], 1)
-                            .astype(np.uint8))  # width 11: left 0..4 black, 5..10 white
+    image = Image.fromarray(
+        np.concatenate([np.zeros((4, 5, 3)), np.full((4, 6, 3), 255)], 1).astype(np.uint8)
+    )  # width 11: left 0..4 black, 5..10 white
     left, right = split_pair(image, "left")
     assert left.size == right.size == (5, 4)
     assert np.asarray(left).max() == 0 and np.asarray(right).min() == 255

@@ -38,8 +38,15 @@ def test_horse2zebra_counts_and_greyscale_files_load_as_rgb():
 
 def test_facades_side_by_side_labels_lie_in_the_12_classes():
     root = shared("facades")
-    ds = PairedDataset(root, "test", label_nc=12, layout="side_by_side", palette="facades",
-                       crop_size=64, train=False)
+    ds = PairedDataset(
+        root,
+        "test",
+        label_nc=12,
+        layout="side_by_side",
+        palette="facades",
+        crop_size=64,
+        train=False,
+    )
     assert len(ds) == 106
     seen = torch.zeros(12, dtype=torch.bool)
     for i in range(0, len(ds), 10):
@@ -52,8 +59,9 @@ def test_facades_side_by_side_labels_lie_in_the_12_classes():
 
 def test_monet_etretat_crops_come_from_both_images():
     root = shared("single_image_monet_etretat")
-    ds = SingleImageDataset(root / "trainA", root / "trainB", crop_size=64, batch_size=8,
-                            virtual_size=32)
+    ds = SingleImageDataset(
+        root / "trainA", root / "trainB", crop_size=64, batch_size=8, virtual_size=32
+    )
     assert len(ds) == 32
     batch = [ds[i] for i in range(8)]
     for key, name in (("A", "monet.jpg"), ("B", "etretat-normandy-france.jpg")):

@@ -33,8 +33,9 @@ def test_items_shapes_values_and_paths(pair):
     assert item["A_path"] == str(pair / "trainA" / "a.png")
     assert item["B_path"] == str(pair / "trainB" / "b.png")
     # folders holding one image are accepted too (upstream's trainA/trainB layout)
-    by_folder = SingleImageDataset(pair / "trainA", pair / "trainB", crop_size=32, batch_size=8,
-                                   virtual_size=64)
+    by_folder = SingleImageDataset(
+        pair / "trainA", pair / "trainB", crop_size=32, batch_size=8, virtual_size=64
+    )
     assert torch.equal(by_folder[3]["A"], item["A"])
 
 
@@ -44,9 +45,12 @@ def test_item_equals_zoom_crop_flip_by_hand(pair):
         item, params = ds[index], ds.crop_params(index)
         for key in "AB":
             p = params[key]
-            zoomed = np.asarray(Image.open(pair / f"train{key}" / f"{key.lower()}.png")
-                                .resize(p.size[::-1], Image.Resampling.BILINEAR))
-            crop = zoomed[p.top:p.top + 32, p.left:p.left + 32]
+            zoomed = np.asarray(
+                Image.open(pair / f"train{key}" / f"{key.lower()}.png").resize(
+                    p.size[::-1], Image.Resampling.BILINEAR
+                )
+            )
+            crop = zoomed[p.top : p.top + 32, p.left : p.left + 32]
             crop = crop[:, ::-1] if p.flip else crop
             expected = torch.from_numpy(crop.copy()).permute(2, 0, 1).float() / 127.5 - 1
             assert torch.equal(item[key], expected)

@@ -19,10 +19,23 @@ from patchcontrast.objectives.base import Objective, Phase
 from patchcontrast.trainer import TrainConfig, Trainer
 
 # the smallest CUT that trains through the real pipeline (as in tests/test_sweep.py)
-TINY = ["model.ngf=8", "model.ndf=8", "model.netF_nc=16", "model.num_patches=32",
-        "model.n_blocks=1", "model.n_layers_d=1", "model.nce_layers=[0, 4]", "data.load_size=36",
-        "data.crop_size=32", "data.builtin_train=4", "data.builtin_test=2", "train.batch_size=1",
-        "train.log_every=1", "train.sample_every=100", "train.checkpoint_every=2"]
+TINY = [
+    "model.ngf=8",
+    "model.ndf=8",
+    "model.netF_nc=16",
+    "model.num_patches=32",
+    "model.n_blocks=1",
+    "model.n_layers_d=1",
+    "model.nce_layers=[0, 4]",
+    "data.load_size=36",
+    "data.crop_size=32",
+    "data.builtin_train=4",
+    "data.builtin_test=2",
+    "train.batch_size=1",
+    "train.log_every=1",
+    "train.sample_every=100",
+    "train.checkpoint_every=2",
+]
 
 
 def tiny_config(run_dir: Path, *extra: str):
@@ -66,8 +79,12 @@ class Toy(Objective):
 
     phases = (Phase("G", ("G",)),)
 
-    def __init__(self, lock: Path | None = None, raise_at: int | None = None,
-                 error: BaseException | None = None):
+    def __init__(
+        self,
+        lock: Path | None = None,
+        raise_at: int | None = None,
+        error: BaseException | None = None,
+    ):
         super().__init__()
         self.G = nn.Conv2d(3, 3, 3, padding=1)
         self.lock, self.raise_at, self.error = lock, raise_at, error
@@ -94,21 +111,37 @@ class Toy(Objective):
 def toy_trainer(run_dir: Path, toy: Toy | None = None, **settings) -> Trainer:
     """4 iterations (batch 1), checkpoints every 2."""
     torch.manual_seed(0)
-    cfg = TrainConfig(run_dir=str(run_dir), **{
-        "n_epochs": 1, "n_epochs_decay": 0, "batch_size": 1, "device": "cpu", "log_every": 1,
-        "sample_every": 100, "checkpoint_every": 2, **settings})
+    cfg = TrainConfig(
+        run_dir=str(run_dir),
+        **{
+            "n_epochs": 1,
+            "n_epochs_decay": 0,
+            "batch_size": 1,
+            "device": "cpu",
+            "log_every": 1,
+            "sample_every": 100,
+            "checkpoint_every": 2,
+            **settings,
+        },
+    )
     return Trainer(toy or Toy(), Images(), cfg)
 
 
 def hold_lock(run_dir: Path) -> subprocess.Popen:
     """A child process that takes ``run_dir``'s lock with ``run_lock`` and sleeps; returns once
     the lock is held. Kill it (and wait) when done."""
-    code = ("import sys, time; from pathlib import Path; "
-            "from patchcontrast.runstate import run_lock\n"
-            "with run_lock(Path(sys.argv[1])):\n"
-            "    print('locked', flush=True); time.sleep(120)")
-    child = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE,
-                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    code = (
+        "import sys, time; from pathlib import Path; "
+        "from patchcontrast.runstate import run_lock\n"
+        "with run_lock(Path(sys.argv[1])):\n"
+        "    print('locked', flush=True); time.sleep(120)"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(run_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert child.stdout.readline().strip() == "locked"
     return child
 
@@ -143,8 +176,12 @@ def fail_writes(monkeypatch, name: str, code: int, when=lambda: True) -> list[st
 
     def opener(file, mode="r", *args, **kwargs):
         f = real_open(file, mode, *args, **kwargs)
-        if isinstance(file, int) or not set(mode) & set("wax") or \
-                name not in os.fsdecode(file) or not when():
+        if (
+            isinstance(file, int)
+            or not set(mode) & set("wax")
+            or name not in os.fsdecode(file)
+            or not when()
+        ):
             return f
         failed.append(os.fsdecode(file))
         return FailingFile(f, code)

@@ -21,21 +21,29 @@ BAD = {
     "truncated": (None, "(truncated or corrupt zip archive)"),
     "empty": (lambda state, marker: b"", "(empty file)"),
     "random bytes": (lambda state, marker: bytes(range(256)) * 8, "no zip archive"),
-    "code, torch.save": (lambda state, marker: {**state, "objective": RunsCode(marker)},
-                         "(posix.system) that the weights-only loader refuses; nothing in it "
-                         "was run"),
-    "code, plain pickle": (lambda state, marker: pickle.dumps(RunsCode(marker), protocol=2),
-                           "no zip archive"),
+    "code, torch.save": (
+        lambda state, marker: {**state, "objective": RunsCode(marker)},
+        "(posix.system) that the weights-only loader refuses; nothing in it was run",
+    ),
+    "code, plain pickle": (
+        lambda state, marker: pickle.dumps(RunsCode(marker), protocol=2),
+        "no zip archive",
+    ),
     "another zip": (None, "a zip archive that torch cannot read"),
-    "state dict": (lambda state, marker: state["objective"],
-                   "it holds a dict with keys 'G.net.1.weight', 'G.net.1.bias'"),
-    "optimizer state": (lambda state, marker: state["optimizers"]["G"],
-                        "it holds a dict with keys 'state', 'param_groups'"),
-    "discriminator only": (lambda state, marker: {"D": {k: v for k, v in
-                                                        state["objective"].items()
-                                                        if k.startswith("D.")}},
-                           "it holds a dict with keys 'D', not the dict with keys "
-                           "'objective', 'config', 'step'"),
+    "state dict": (
+        lambda state, marker: state["objective"],
+        "it holds a dict with keys 'G.net.1.weight', 'G.net.1.bias'",
+    ),
+    "optimizer state": (
+        lambda state, marker: state["optimizers"]["G"],
+        "it holds a dict with keys 'state', 'param_groups'",
+    ),
+    "discriminator only": (
+        lambda state, marker: {
+            "D": {k: v for k, v in state["objective"].items() if k.startswith("D.")}
+        },
+        "it holds a dict with keys 'D', not the dict with keys 'objective', 'config', 'step'",
+    ),
 }
 
 
@@ -75,8 +83,11 @@ def test_a_good_checkpoint_reads(trained):
 @pytest.mark.parametrize("kind", list(BAD))
 def test_the_library_refuses_with_the_file_and_the_problem(kind, trained, tmp_path):
     path = write_bad(kind, trained, tmp_path / "bad")
-    for load in (read_checkpoint, load_objective,
-                 lambda p: translate(p, trained / "cache", tmp_path / "out", progress=False)):
+    for load in (
+        read_checkpoint,
+        load_objective,
+        lambda p: translate(p, trained / "cache", tmp_path / "out", progress=False),
+    ):
         with pytest.raises(ValueError) as info:
             load(path)
         message = str(info.value)
@@ -89,8 +100,17 @@ def test_the_library_refuses_with_the_file_and_the_problem(kind, trained, tmp_pa
 def test_cli_translate_exits_2_with_one_line(kind, trained, tmp_path, capsys):
     path = write_bad(kind, trained, tmp_path / "bad")
     with pytest.raises(SystemExit) as exit_info:
-        main(["translate", "--checkpoint", str(path), "--input", str(tmp_path),
-              "--output", str(tmp_path / "out")])
+        main(
+            [
+                "translate",
+                "--checkpoint",
+                str(path),
+                "--input",
+                str(tmp_path),
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err and err.count("\n") == 1
     assert err.startswith(f"patchcontrast translate: error: {path} is not a ")
@@ -100,18 +120,33 @@ def test_cli_translate_exits_2_with_one_line(kind, trained, tmp_path, capsys):
 
 @pytest.mark.parametrize("command", ["translate", "evaluate", "diagnose", "train"])
 @pytest.mark.parametrize("kind", ["truncated", "code, torch.save"])
-def test_every_command_that_reads_a_checkpoint_refuses_it(command, kind, trained, tmp_path,
-                                                          capsys):
+def test_every_command_that_reads_a_checkpoint_refuses_it(command, kind, trained, tmp_path, capsys):
     run = tmp_path / "run"  # a copy of the run whose newest checkpoint is bad
     shutil.copytree(trained / "run", run)
     path = write_bad(kind, trained, run / "checkpoints")
     images = trained / "cache"
-    argv = {"translate": ["translate", "--checkpoint", str(run), "--input", str(images),
-                          "--output", str(tmp_path / "out")],
-            "evaluate": ["evaluate", "--run", str(run)],
-            "diagnose": ["diagnose", "--checkpoint", str(run), "--images", str(images),
-                         "--output", str(tmp_path / "out")],
-            "train": [*tiny_train_args(run, "train.max_steps=4"), "--resume"]}[command]
+    argv = {
+        "translate": [
+            "translate",
+            "--checkpoint",
+            str(run),
+            "--input",
+            str(images),
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        "evaluate": ["evaluate", "--run", str(run)],
+        "diagnose": [
+            "diagnose",
+            "--checkpoint",
+            str(run),
+            "--images",
+            str(images),
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        "train": [*tiny_train_args(run, "train.max_steps=4"), "--resume"],
+    }[command]
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     err = capsys.readouterr().err
@@ -125,8 +160,10 @@ def test_library_functions_of_every_command_refuse(trained, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained / "run", run)
     path = write_bad("truncated", trained, run / "checkpoints")
-    for call in (lambda: evaluate_run(run, progress=False),
-                 lambda: diagnose(run, trained / "cache", tmp_path / "out", progress=False)):
+    for call in (
+        lambda: evaluate_run(run, progress=False),
+        lambda: diagnose(run, trained / "cache", tmp_path / "out", progress=False),
+    ):
         with pytest.raises(ValueError, match=f"{path} is not a readable patchcontrast"):
             call()
 

@@ -26,8 +26,7 @@ EXPECTED = {
     "run config.json": ("is not the config.json of a patchcontrast run",),
     "sweep spec": ("sweep spec",),
     "model config.json": ("exported patchcontrast model", "export the model again"),
-    "model.safetensors": ("is not a readable safetensors file",
-                          "does not fit the generator that"),
+    "model.safetensors": ("is not a readable safetensors file", "does not fit the generator that"),
     "image": ("is not a readable image",),
     "label map": ("is not a readable image", "label maps must be single-channel"),
 }
@@ -47,8 +46,15 @@ def model(trained, tmp_path_factory):
 
 
 def spec_text() -> str:
-    return yaml.safe_dump({"name": "tiny", "seeds": [0], "metrics": ["swd"], "overrides": TINY,
-                           "runs": [{"presets": ["cut"], "grid": {"model.lambda_gan": [1, 2]}}]})
+    return yaml.safe_dump(
+        {
+            "name": "tiny",
+            "seeds": [0],
+            "metrics": ["swd"],
+            "overrides": TINY,
+            "runs": [{"presets": ["cut"], "grid": {"model.lambda_gan": [1, 2]}}],
+        }
+    )
 
 
 def case(kind: str, trained: Path, model: Path, tmp: Path) -> tuple[Path, bytes, bytes, list]:
@@ -57,38 +63,90 @@ def case(kind: str, trained: Path, model: Path, tmp: Path) -> tuple[Path, bytes,
     run_config = (trained / "run" / "config.json").read_bytes()
     if kind == "run config.json":
         shutil.copytree(trained / "run", tmp / "run")
-        return (tmp / "run" / "config.json", run_config, (model / "config.json").read_bytes(),
-                ["evaluate", "--run", str(tmp / "run")])
+        return (
+            tmp / "run" / "config.json",
+            run_config,
+            (model / "config.json").read_bytes(),
+            ["evaluate", "--run", str(tmp / "run")],
+        )
     if kind == "sweep spec":
-        return (tmp / "spec.yaml", spec_text().encode(), run_config,
-                ["sweep", str(tmp / "spec.yaml"), "--root", str(tmp), "--dry-run"])
+        return (
+            tmp / "spec.yaml",
+            spec_text().encode(),
+            run_config,
+            ["sweep", str(tmp / "spec.yaml"), "--root", str(tmp), "--dry-run"],
+        )
     if kind.startswith("model"):
         shutil.copytree(model, tmp / "model")
         name = kind.split()[-1]
-        state = torch.load(trained / "run" / "checkpoints" / "step_00000002.pt",
-                           weights_only=True)["objective"]
-        wrong = run_config if name == "config.json" else save(  # a discriminator's weights
-            {k: v.contiguous() for k, v in state.items() if k.startswith("D.")})
-        return (tmp / "model" / name, (model / name).read_bytes(), wrong,
-                ["translate", "--checkpoint", str(tmp / "model"), "--input", str(images),
-                 "--output", str(tmp / "out")])
+        state = torch.load(trained / "run" / "checkpoints" / "step_00000002.pt", weights_only=True)[
+            "objective"
+        ]
+        wrong = (
+            run_config
+            if name == "config.json"
+            else save(  # a discriminator's weights
+                {k: v.contiguous() for k, v in state.items() if k.startswith("D.")}
+            )
+        )
+        return (
+            tmp / "model" / name,
+            (model / name).read_bytes(),
+            wrong,
+            [
+                "translate",
+                "--checkpoint",
+                str(tmp / "model"),
+                "--input",
+                str(images),
+                "--output",
+                str(tmp / "out"),
+            ],
+        )
     checkpoint = (trained / "run" / "checkpoints" / "step_00000002.pt").read_bytes()
     photo = sorted(images.glob("*.png"))[0]
     if kind == "image":
         (tmp / "in").mkdir()
-        return (tmp / "in" / photo.name, photo.read_bytes(), checkpoint,
-                ["translate", "--checkpoint", str(trained / "run"), "--input", str(tmp / "in"),
-                 "--output", str(tmp / "out")])
+        return (
+            tmp / "in" / photo.name,
+            photo.read_bytes(),
+            checkpoint,
+            [
+                "translate",
+                "--checkpoint",
+                str(trained / "run"),
+                "--input",
+                str(tmp / "in"),
+                "--output",
+                str(tmp / "out"),
+            ],
+        )
     (tmp / "fake").mkdir()
     (tmp / "labels").mkdir()
     shutil.copy(photo, tmp / "fake" / photo.name)
     Image.fromarray(np.arange(32 * 32, dtype=np.uint8).reshape(32, 32) % 3).save(
-        tmp / "labels" / photo.name)
-    return (tmp / "labels" / photo.name, (tmp / "labels" / photo.name).read_bytes(),
-            photo.read_bytes(),  # a colour photo
-            ["evaluate", "--fake", str(tmp / "fake"), "--labels", str(tmp / "labels"),
-             "--metrics", "segmentation", "--seg-model", "no_such_module:model",
-             "--num-classes", "3", "--output", str(tmp / "metrics.json")])
+        tmp / "labels" / photo.name
+    )
+    return (
+        tmp / "labels" / photo.name,
+        (tmp / "labels" / photo.name).read_bytes(),
+        photo.read_bytes(),  # a colour photo
+        [
+            "evaluate",
+            "--fake",
+            str(tmp / "fake"),
+            "--labels",
+            str(tmp / "labels"),
+            "--metrics",
+            "segmentation",
+            "--seg-model",
+            "no_such_module:model",
+            "--num-classes",
+            "3",
+            "--output",
+            str(tmp / "metrics.json"),
+        ],
+    )
 
 
 def damaged(corruption: str, good: bytes, wrong: bytes, kind: str, marker: Path) -> bytes:
@@ -131,8 +189,9 @@ def test_the_yaml_payload_is_live(tmp_path):
 def test_the_good_files_work(trained, model, tmp_path, monkeypatch):
     """The cases differ from working commands only in the damaged file."""
     monkeypatch.setattr(evaluate, "_plot", lambda rows, path: None)
-    monkeypatch.setattr(evaluate, "evaluate_folders",
-                        functools.partial(evaluate.evaluate_folders, swd_size=32))
+    monkeypatch.setattr(
+        evaluate, "evaluate_folders", functools.partial(evaluate.evaluate_folders, swd_size=32)
+    )
     for kind in ("run config.json", "sweep spec", "model config.json", "image"):
         folder = tmp_path / kind.replace(" ", "_")
         folder.mkdir()

@@ -22,11 +22,13 @@ real_save, real_fsync = torch.save, os.fsync
 
 def failing_save(error: BaseException, victim: str):
     """torch.save that writes part of ``victim`` (a checkpoint's name), then raises ``error``."""
+
     def save(obj, f, *args, **kwargs):
         if victim not in getattr(f, "name", ""):
             return real_save(obj, f, *args, **kwargs)
         f.write(b"PK\x03\x04 half a checkpoint")
         raise error
+
     return save
 
 
@@ -40,14 +42,20 @@ ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 TORCH_ERROR = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
 
 
-@pytest.mark.parametrize("where, error, reason", [
-    ("save", ENOSPC, "No space left on device"),
-    ("save", TORCH_ERROR, "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs "
-     "598 (is the disk full?)"),
-    ("fsync", OSError(errno.EIO, os.strerror(errno.EIO)), "Input/output error"),
-])
-def test_a_failed_write_keeps_the_previous_checkpoint(where, error, reason, tmp_path,
-                                                      monkeypatch):
+@pytest.mark.parametrize(
+    "where, error, reason",
+    [
+        ("save", ENOSPC, "No space left on device"),
+        (
+            "save",
+            TORCH_ERROR,
+            "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs "
+            "598 (is the disk full?)",
+        ),
+        ("fsync", OSError(errno.EIO, os.strerror(errno.EIO)), "Input/output error"),
+    ],
+)
+def test_a_failed_write_keeps_the_previous_checkpoint(where, error, reason, tmp_path, monkeypatch):
     run = tmp_path / "run"
     target = run / "checkpoints" / "step_00000004.pt"
     if where == "save":
@@ -87,14 +95,17 @@ def test_cli_exits_3_with_one_line(tmp_path, monkeypatch, capsys):
         main(tiny_train_args(run, "train.max_steps=4"))
     err = capsys.readouterr().err
     assert exit_info.value.code == 3 and "Traceback" not in err
-    assert err.endswith(f"patchcontrast train: error: could not write "
-                        f"{run / 'checkpoints' / 'step_00000004.pt'}: No space left on device\n")
+    assert err.endswith(
+        f"patchcontrast train: error: could not write "
+        f"{run / 'checkpoints' / 'step_00000004.pt'}: No space left on device\n"
+    )
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000002.pt"]
     assert read_checkpoint(run / "checkpoints" / "step_00000002.pt")["step"] == 2
 
 
-@pytest.mark.parametrize("code, error", [
-    (errno.ENOSPC, "No space left on device"), (errno.EIO, "Input/output error")])
+@pytest.mark.parametrize(
+    "code, error", [(errno.ENOSPC, "No space left on device"), (errno.EIO, "Input/output error")]
+)
 def test_cli_exits_3_on_any_storage_error(code, error, tmp_path, monkeypatch, capsys):
     def train(cfg, **kwargs):
         raise OSError(code, os.strerror(code), str(tmp_path / "run" / "stats.jsonl"))
@@ -144,10 +155,13 @@ def builtin_test_images(trained: Path) -> Path:
     return next((trained / "cache").glob("*/testA"))
 
 
-@pytest.mark.parametrize("name, code", [
-    ("model.safetensors", errno.ENOSPC), ("config.json", errno.EIO), ("README.md", errno.ENOSPC)])
-def test_a_failed_export_leaves_the_earlier_export_whole(name, code, trained, tmp_path,
-                                                         monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "name, code",
+    [("model.safetensors", errno.ENOSPC), ("config.json", errno.EIO), ("README.md", errno.ENOSPC)],
+)
+def test_a_failed_export_leaves_the_earlier_export_whole(
+    name, code, trained, tmp_path, monkeypatch, capsys
+):
     model = tmp_path / "model"
     argv = ["export", str(trained / "run"), "--output", str(model)]
     assert main(argv) == 0
@@ -157,23 +171,35 @@ def test_a_failed_export_leaves_the_earlier_export_whole(name, code, trained, tm
         main(argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 3
-    assert err == f"patchcontrast export: error: could not write {model / name}: " \
-        f"{os.strerror(code)}\n"
+    assert (
+        err == f"patchcontrast export: error: could not write {model / name}: {os.strerror(code)}\n"
+    )
     assert {p.name: p.read_bytes() for p in model.iterdir()} == before  # no temporary files
 
 
-def test_a_failed_translation_write_exits_3_without_a_partial_image(trained, tmp_path,
-                                                                   monkeypatch, capsys):
+def test_a_failed_translation_write_exits_3_without_a_partial_image(
+    trained, tmp_path, monkeypatch, capsys
+):
     images = sorted(builtin_test_images(trained).glob("*.png"))
     out = tmp_path / "out"
     fail_writes(monkeypatch, images[1].name, errno.ENOSPC)
     with pytest.raises(SystemExit) as exit_info:
-        main(["translate", "--checkpoint", str(trained / "run"), "--input",
-              str(builtin_test_images(trained)), "--output", str(out), "--batch-size", "1"])
+        main(
+            [
+                "translate",
+                "--checkpoint",
+                str(trained / "run"),
+                "--input",
+                str(builtin_test_images(trained)),
+                "--output",
+                str(out),
+                "--batch-size",
+                "1",
+            ]
+        )
     err = capsys.readouterr().err
     assert exit_info.value.code == 3
-    assert err.endswith(f"error: could not write {out / images[1].name}: "
-                        "No space left on device\n")
+    assert err.endswith(f"error: could not write {out / images[1].name}: No space left on device\n")
     assert [p.name for p in out.iterdir()] == [images[0].name]  # whole, the other absent
     with Image.open(out / images[0].name) as image:
         image.load()
@@ -184,8 +210,19 @@ def test_a_failed_metrics_write_exits_3(trained, tmp_path, monkeypatch, capsys):
     target.write_text("{}")  # an earlier result, kept
     fail_writes(monkeypatch, target.name, errno.EIO)
     with pytest.raises(SystemExit) as exit_info:
-        main(["evaluate", "--real", str(builtin_test_images(trained)), "--fake",
-              str(builtin_test_images(trained)), "--size", "32", "--output", str(target)])
+        main(
+            [
+                "evaluate",
+                "--real",
+                str(builtin_test_images(trained)),
+                "--fake",
+                str(builtin_test_images(trained)),
+                "--size",
+                "32",
+                "--output",
+                str(target),
+            ]
+        )
     assert exit_info.value.code == 3
     assert capsys.readouterr().err.endswith(f"could not write {target}: Input/output error\n")
     assert [p.name for p in tmp_path.iterdir()] == [target.name] and target.read_text() == "{}"

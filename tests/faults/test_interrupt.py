@@ -25,8 +25,10 @@ def cache(trained, monkeypatch):
 def default_handlers():
     """Both signals as in a foreground process: a test run in the background inherits SIGINT
     ignored, which the command line rightly leaves ignored."""
-    previous = {s: signal.signal(s, h) for s, h in (
-        (signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL))}
+    previous = {
+        s: signal.signal(s, h)
+        for s, h in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL))
+    }
     yield
     for s, h in previous.items():
         signal.signal(s, h)
@@ -45,8 +47,17 @@ def test_a_signal_while_translate_writes_an_image(sig, trained, tmp_path, monkey
     images = next((trained / "cache").glob("*/testA"))
     names = sorted(p.name for p in images.glob("*.png"))
     out = tmp_path / "out"
-    argv = ["translate", "--checkpoint", str(trained / "run"), "--input", str(images),
-            "--output", str(out), "--batch-size", "1"]
+    argv = [
+        "translate",
+        "--checkpoint",
+        str(trained / "run"),
+        "--input",
+        str(images),
+        "--output",
+        str(out),
+        "--batch-size",
+        "1",
+    ]
     real_save, calls = pipeline.save_image, []
 
     def save(tensor, f, **kwargs):  # the second image: half written when the signal comes
@@ -90,9 +101,17 @@ def test_sigterm_during_evaluate_run_then_again(trained, tmp_path, monkeypatch):
 
 def test_sigterm_during_a_sweep_then_the_sweep_resumes(tmp_path, monkeypatch):
     spec = tmp_path / "tiny.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "tiny", "seeds": [0], "metrics": ["swd"], "overrides": TINY,
-        "runs": [{"presets": ["gan-only"], "grid": {"model.lambda_gan": [1, 0.5]}}]}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "seeds": [0],
+                "metrics": ["swd"],
+                "overrides": TINY,
+                "runs": [{"presets": ["gan-only"], "grid": {"model.lambda_gan": [1, 0.5]}}],
+            }
+        )
+    )
     argv = ["sweep", str(spec), "--root", str(tmp_path / "sweeps"), "--max-steps", "1"]
     real, calls = evaluate.evaluate_run, []
 
@@ -103,8 +122,9 @@ def test_sigterm_during_a_sweep_then_the_sweep_resumes(tmp_path, monkeypatch):
         return real(run_dir, **kwargs)
 
     monkeypatch.setattr(evaluate, "_plot", lambda rows, path: None)
-    monkeypatch.setattr(evaluate, "evaluate_folders",
-                        functools.partial(evaluate.evaluate_folders, swd_size=32))
+    monkeypatch.setattr(
+        evaluate, "evaluate_folders", functools.partial(evaluate.evaluate_folders, swd_size=32)
+    )
     with monkeypatch.context() as patch:
         patch.setattr(evaluate, "evaluate_run", stopped)
         assert main(argv) == 143

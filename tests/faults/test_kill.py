@@ -23,8 +23,13 @@ CHILD = Path(__file__).with_name("train_child.py")
 def start(run_dir: Path, *args: str, stdout=subprocess.DEVNULL) -> subprocess.Popen:
     """train_child.py in a process of its own; its stderr goes to RUN_DIR.stderr."""
     with open(run_dir.with_suffix(".stderr"), "ab") as log:
-        return subprocess.Popen([sys.executable, str(CHILD), str(run_dir), *args], stdout=stdout,
-                                stderr=log, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return subprocess.Popen(
+            [sys.executable, str(CHILD), str(run_dir), *args],
+            stdout=stdout,
+            stderr=log,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
 
 
 def newest_step(run_dir: Path) -> int:
@@ -111,13 +116,16 @@ def test_kill_9_three_times_then_resume_equals_a_straight_run(tmp_path, one_thre
     build(tmp_path / "straight").fit()
 
     last = f"step_{ITERATIONS:08d}.pt"
-    mine, theirs = (read_checkpoint(folder / "checkpoints" / last)
-                    for folder in (run, tmp_path / "straight"))
+    mine, theirs = (
+        read_checkpoint(folder / "checkpoints" / last) for folder in (run, tmp_path / "straight")
+    )
     for key in ("objective", "optimizers", "schedulers", "rng", "step", "epoch", "position"):
         assert_identical(mine[key], theirs[key], key)
     # the half-written files of the killed processes were cleared away by the resumes
     assert not [p.name for p in run.rglob(".*.tmp")]
     assert_all_readable(run)
-    steps = [int(line.split('"step": ')[1].split(",")[0])
-             for line in (run / "stats.jsonl").read_text().splitlines()]
+    steps = [
+        int(line.split('"step": ')[1].split(",")[0])
+        for line in (run / "stats.jsonl").read_text().splitlines()
+    ]
     assert steps == list(range(1, ITERATIONS + 1))  # each logged once, none lost

@@ -36,8 +36,9 @@ def holder(tmp_path):
 
 
 def lock_of(pid: int, host: str | None = None) -> str:
-    return json.dumps({"pid": pid, "host": host or socket.gethostname(),
-                       "started": "2026-12-07 19:40:01"})
+    return json.dumps(
+        {"pid": pid, "host": host or socket.gethostname(), "started": "2026-12-07 19:40:01"}
+    )
 
 
 def test_a_live_process_keeps_the_folder_until_it_dies(tmp_path, holder, capsys):
@@ -127,10 +128,16 @@ def test_another_thread_of_the_process_is_refused_the_holder_may_reenter(tmp_pat
 
 def test_a_sweep_leaves_a_folder_in_use_alone(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluate, "_plot", lambda rows, path: None)
-    monkeypatch.setattr(evaluate, "evaluate_folders",
-                        functools.partial(evaluate.evaluate_folders, swd_size=32))
-    spec = {"name": "tiny", "seeds": [0], "metrics": ["swd"], "overrides": TINY,
-            "runs": [{"presets": ["gan-only"], "grid": {"model.lambda_gan": [1, 0.5]}}]}
+    monkeypatch.setattr(
+        evaluate, "evaluate_folders", functools.partial(evaluate.evaluate_folders, swd_size=32)
+    )
+    spec = {
+        "name": "tiny",
+        "seeds": [0],
+        "metrics": ["swd"],
+        "overrides": TINY,
+        "runs": [{"presets": ["gan-only"], "grid": {"model.lambda_gan": [1, 0.5]}}],
+    }
     locked, free = (tmp_path / "tiny" / run.name for run in plan(load_spec(spec)))
     child = hold_lock(locked)
     # the live run's record, which a second sweep must neither rewrite nor append to
@@ -143,7 +150,8 @@ def test_a_sweep_leaves_a_folder_in_use_alone(tmp_path, monkeypatch):
         child.wait()
     assert [r["status"] for r in result["runs"]] == ["failed", "done"]
     assert result["runs"][0]["error"].startswith(
-        f"ValueError: {locked} is in use by process {child.pid}")
+        f"ValueError: {locked} is in use by process {child.pid}"
+    )
     assert (locked / "sweep_run.json").read_text() == live
     # nothing else written there (the lock is the killed holder's)
     assert sorted(p.name for p in locked.iterdir()) == [".lock", "sweep_run.json"]

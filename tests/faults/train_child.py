@@ -51,8 +51,15 @@ def pause_in_save(step: int) -> None:
 def build(run_dir: Path):
     """The trainer of this run (also the test's straight run, in the test's own process)."""
     torch.manual_seed(0)  # the same initial weights in the straight run and the killed one
-    return toy_trainer(run_dir, Noisy(), n_epochs=ITERATIONS // 4, deterministic=True,
-                       checkpoint_every=1, sample_every=5, keep_last=2)
+    return toy_trainer(
+        run_dir,
+        Noisy(),
+        n_epochs=ITERATIONS // 4,
+        deterministic=True,
+        checkpoint_every=1,
+        sample_every=5,
+        keep_last=2,
+    )
 
 
 def main() -> None:

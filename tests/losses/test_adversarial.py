@@ -20,19 +20,24 @@ def test_lsgan(logits):
 @pytest.mark.parametrize("mode", ["vanilla", "nonsaturating"])
 def test_cross_entropy_modes(logits, mode):
     ones, zeros = torch.ones_like(logits), torch.zeros_like(logits)
-    torch.testing.assert_close(gan_loss(logits, True, mode=mode),
-                               F.binary_cross_entropy_with_logits(logits, ones))
-    torch.testing.assert_close(gan_loss(logits, False, mode=mode),
-                               F.binary_cross_entropy_with_logits(logits, zeros))
+    torch.testing.assert_close(
+        gan_loss(logits, True, mode=mode), F.binary_cross_entropy_with_logits(logits, ones)
+    )
+    torch.testing.assert_close(
+        gan_loss(logits, False, mode=mode), F.binary_cross_entropy_with_logits(logits, zeros)
+    )
 
 
 def test_hinge(logits):
-    torch.testing.assert_close(gan_loss(logits, True, mode="hinge"),
-                               torch.clamp(1 - logits, min=0).mean())
-    torch.testing.assert_close(gan_loss(logits, False, mode="hinge"),
-                               torch.clamp(1 + logits, min=0).mean())
-    torch.testing.assert_close(gan_loss(logits, True, mode="hinge", for_discriminator=False),
-                               -logits.mean())
+    torch.testing.assert_close(
+        gan_loss(logits, True, mode="hinge"), torch.clamp(1 - logits, min=0).mean()
+    )
+    torch.testing.assert_close(
+        gan_loss(logits, False, mode="hinge"), torch.clamp(1 + logits, min=0).mean()
+    )
+    torch.testing.assert_close(
+        gan_loss(logits, True, mode="hinge", for_discriminator=False), -logits.mean()
+    )
     with pytest.raises(ValueError, match="target_is_real=True"):
         gan_loss(logits, False, mode="hinge", for_discriminator=False)
 

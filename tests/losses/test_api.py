@@ -191,11 +191,13 @@ def test_multilayer_loss_mean_and_weights():
     per_layer = torch.stack([patch_nce(q, k) for q, k in layers])
     torch.testing.assert_close(multilayer_loss(patch_nce, qs, ks), per_layer.mean())
     weighted = multilayer_loss(patch_nce, qs, ks, weights=[0.25, 0.5, 1.0])
-    torch.testing.assert_close(weighted, (per_layer * torch.tensor([0.25, 0.5, 1.0],
-                                                                   dtype=torch.float64)).sum())
+    torch.testing.assert_close(
+        weighted, (per_layer * torch.tensor([0.25, 0.5, 1.0], dtype=torch.float64)).sum()
+    )
     loss = functools.partial(monce, beta=0.5)
-    torch.testing.assert_close(multilayer_loss(loss, qs, ks),
-                               torch.stack([loss(q, k) for q, k in layers]).mean())
+    torch.testing.assert_close(
+        multilayer_loss(loss, qs, ks), torch.stack([loss(q, k) for q, k in layers]).mean()
+    )
 
 
 def test_multilayer_loss_errors():
@@ -232,10 +234,17 @@ def test_repr_shows_hyperparameters(name):
     assert "tau=0.07" in repr(build_loss(name))
 
 
-@pytest.mark.parametrize("name, options", [
-    ("patchnce", {}), ("weightnce", {"weighting": "easy"}), ("monce", {"beta": 0.05}),
-    ("put", {"k_neg": 3}), ("put", {"selection": "official"}), ("monce", {"negatives": "batch"}),
-])
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("patchnce", {}),
+        ("weightnce", {"weighting": "easy"}),
+        ("monce", {"beta": 0.05}),
+        ("put", {"k_neg": 3}),
+        ("put", {"selection": "official"}),
+        ("monce", {"negatives": "batch"}),
+    ],
+)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_multilayer_loss_stacked_path_equals_layer_loop(name, options, reduction):
     module = build_loss(name, reduction=reduction, **options)

@@ -26,8 +26,11 @@ def naive_spade_official(q, k, *, tau=0.07, eps=1.0, ot_weight=128.0, negatives=
             pos = qg[g, i] @ kg[g, i] + tau * torch.log(f.max())
             terms = [pos / tau]
             for j in range(qg.shape[1]):
-                s = torch.tensor(-10.0, dtype=q.dtype) if j == i else (
-                    qg[g, i] @ kg[g, j] + tau * torch.log(f[j]))
+                s = (
+                    torch.tensor(-10.0, dtype=q.dtype)
+                    if j == i
+                    else (qg[g, i] @ kg[g, j] + tau * torch.log(f[j]))
+                )
                 terms.append(s / tau)
             out[g, i] = -(terms[0] - torch.logsumexp(torch.stack(terms), 0))
     return out.reshape(q.shape[:2])
@@ -52,8 +55,11 @@ def test_gradcheck_and_gradient_through_the_plan():
     q, k = random_features(2, 5, 3, seed=5)
     q.requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda x: monce_spade_official(x, k, tau=0.2, eps=0.7, ot_weight=4.0, iters=10,
-                                       tol=None, reduction="none"), (q,))
+        lambda x: monce_spade_official(
+            x, k, tau=0.2, eps=0.7, ot_weight=4.0, iters=10, tol=None, reduction="none"
+        ),
+        (q,),
+    )
 
 
 def test_module_equals_function_and_validates():

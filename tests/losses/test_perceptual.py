@@ -8,12 +8,16 @@ from patchcontrast.losses.perceptual import SPADE_LAYER_WEIGHTS, perceptual_loss
 
 def test_value_is_the_weighted_mean_l1_and_the_target_gets_no_gradient():
     g = torch.Generator().manual_seed(0)
-    fake = [torch.randn(2, c, s, s, generator=g, requires_grad=True)
-            for c, s in ((4, 8), (8, 4), (8, 2), (16, 2), (16, 1))]
+    fake = [
+        torch.randn(2, c, s, s, generator=g, requires_grad=True)
+        for c, s in ((4, 8), (8, 4), (8, 2), (16, 2), (16, 1))
+    ]
     real = [torch.randn(f.shape, generator=g, requires_grad=True) for f in fake]
     loss = perceptual_loss(fake, real)
-    expected = sum(w * float((f - r).abs().sum()) / f.numel()
-                   for w, f, r in zip(SPADE_LAYER_WEIGHTS, fake, real))
+    expected = sum(
+        w * float((f - r).abs().sum()) / f.numel()
+        for w, f, r in zip(SPADE_LAYER_WEIGHTS, fake, real)
+    )
     assert float(loss) == pytest.approx(expected, rel=1e-6)
     loss.backward()
     assert all(f.grad is not None for f in fake)

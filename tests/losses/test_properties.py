@@ -23,18 +23,28 @@ def _features(shape, seed):
 def test_put_with_all_negatives_is_patch_nce(shape, seed, negatives):
     q, k = _features(shape, seed)
     n = shape[1] if negatives == "image" else shape[0] * shape[1]
-    torch.testing.assert_close(put(q, k, k_neg=n - 1, negatives=negatives, reduction="none"),
-                               patch_nce(q, k, negatives=negatives, reduction="none"),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        put(q, k, k_neg=n - 1, negatives=negatives, reduction="none"),
+        patch_nce(q, k, negatives=negatives, reduction="none"),
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 @SETTINGS
-@given(shape=shapes, seed=st.integers(0, 2**16), beta=st.floats(1e-3, 10.0),
-       Q=st.floats(0.1, 10.0), weighting=st.sampled_from(["hard", "easy"]))
+@given(
+    shape=shapes,
+    seed=st.integers(0, 2**16),
+    beta=st.floats(1e-3, 10.0),
+    Q=st.floats(0.1, 10.0),
+    weighting=st.sampled_from(["hard", "easy"]),
+)
 def test_losses_are_finite_and_non_negative(shape, seed, beta, Q, weighting):
     q, k = _features(shape, seed)
-    for loss in (weight_nce(q, k, weighting=weighting, beta=beta, Q=Q, reduction="none"),
-                 monce(q, k, weighting=weighting, beta=beta, Q=Q, reduction="none")):
+    for loss in (
+        weight_nce(q, k, weighting=weighting, beta=beta, Q=Q, reduction="none"),
+        monce(q, k, weighting=weighting, beta=beta, Q=Q, reduction="none"),
+    ):
         assert loss.shape == shape[:2]
         assert torch.isfinite(loss).all() and (loss >= 0).all()
 
@@ -50,11 +60,18 @@ def test_hard_weighting_never_below_easy(shape, seed):
 
 
 @SETTINGS
-@given(g=st.integers(1, 3), n=st.integers(1, 9), m=st.integers(1, 9), seed=st.integers(0, 2**16),
-       eps=st.floats(1e-3, 10.0), iters=st.integers(1, 30))
+@given(
+    g=st.integers(1, 3),
+    n=st.integers(1, 9),
+    m=st.integers(1, 9),
+    seed=st.integers(0, 2**16),
+    eps=st.floats(1e-3, 10.0),
+    iters=st.integers(1, 30),
+)
 def test_sinkhorn_columns_exact_and_plan_non_negative(g, n, m, seed, eps, iters):
     cost = torch.rand(g, n, m, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     plan = sinkhorn(cost, eps=eps, iters=iters)
     assert torch.isfinite(plan).all() and (plan >= 0).all()
-    torch.testing.assert_close(plan.sum(1), torch.ones(g, m, dtype=torch.float64),
-                               rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(
+        plan.sum(1), torch.ones(g, m, dtype=torch.float64), rtol=1e-9, atol=1e-9
+    )

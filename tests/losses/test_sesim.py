@@ -93,11 +93,14 @@ def test_scaling_each_position_keeps_the_maps():
     torch.testing.assert_close(self_similarity(f * scale, ids), self_similarity(f, ids))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"patch_size": 4}, "patch_size must be odd"),
-    ({"patch_size": 0}, "patch_size must be >= 1"),
-    ({"stride": 0}, "stride must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"patch_size": 4}, "patch_size must be odd"),
+        ({"patch_size": 0}, "patch_size must be >= 1"),
+        ({"stride": 0}, "stride must be >= 1"),
+    ],
+)
 def test_self_similarity_rejects_bad_window(kwargs, match):
     with pytest.raises(ValueError, match=match):
         self_similarity(features(), torch.arange(4), **kwargs)
@@ -142,7 +145,8 @@ def test_loss_formulas_match_naive():
             torch.testing.assert_close(cos[b, i], 1 - a @ v / (a.norm() * v.norm()))
     assert spatial_correlative_loss(sx, sy).item() == pytest.approx(cos.mean().item())
     assert spatial_correlative_loss(sx, sy, mode="l1", reduction="sum").item() == (
-        pytest.approx(l1.sum().item()))
+        pytest.approx(l1.sum().item())
+    )
 
 
 @pytest.mark.parametrize("mode", ["l1", "cos"])
@@ -159,8 +163,9 @@ def test_loss_ignores_feature_scale_of_the_translation(mode):
         torch.testing.assert_close(got, base)
     # ... while a different scale per channel changes angles, hence the loss
     per_channel = torch.tensor([0.1, 1.0, 5.0, 0.5, 2.0], dtype=torch.float64).view(1, 5, 1, 1)
-    changed = spatial_correlative_loss(sx, self_similarity(gen * per_channel, ids, patch_size=3),
-                                       mode=mode)
+    changed = spatial_correlative_loss(
+        sx, self_similarity(gen * per_channel, ids, patch_size=3), mode=mode
+    )
     assert abs(changed.item() - base.item()) > 1e-3
 
 

@@ -43,8 +43,10 @@ def test_detector_finds_generated_objects(domain, size):
     # Measured on the first 50 test images: mean IoU 0.992 / 0.994 (A / B) at 64 px and
     # 0.997 / 0.998 at 256 px; the worst single image 0.85.
     n = 20 if size == 64 else 8
-    ious = [mask_iou(detect_objects(image)[0], mask)
-            for image, mask in (_test_sample(domain, i, size) for i in range(n))]
+    ious = [
+        mask_iou(detect_objects(image)[0], mask)
+        for image, mask in (_test_sample(domain, i, size) for i in range(n))
+    ]
     assert np.mean(ious) > 0.97
     assert min(ious) > 0.8
 
@@ -88,8 +90,13 @@ def test_content_score_separates_faithful_from_broken_translations():
     # The untranslated source keeps its content too: the score is about shape, not domain.
     assert content_score(masks, np.stack([s for s, _ in sources]))["mean_iou"] > 0.95
     # Detections at another resolution are compared at the mask's resolution.
-    small = torch.nn.functional.interpolate(torch.from_numpy(faithful).permute(0, 3, 1, 2)
-                                            .float(), size=64, mode="area").round().byte()
+    small = (
+        torch.nn.functional.interpolate(
+            torch.from_numpy(faithful).permute(0, 3, 1, 2).float(), size=64, mode="area"
+        )
+        .round()
+        .byte()
+    )
     assert content_score(torch.from_numpy(masks)[:, None], small)["mean_iou"] > 0.85
     with pytest.raises(ValueError, match="6 source masks but 5 translated images"):
         content_score(masks, faithful[:5])
@@ -144,7 +151,8 @@ def test_domain_score_trains_the_classifier_on_first_use(tmp_path):
     from patchcontrast.data import render_sample
     from patchcontrast.metrics import domain_score
 
-    images = [torch.from_numpy(render_sample("B", i, size=64)[0]).permute(2, 0, 1)
-              for i in range(4)]
+    images = [
+        torch.from_numpy(render_sample("B", i, size=64)[0]).permute(2, 0, 1) for i in range(4)
+    ]
     assert domain_score(images, cache_dir=tmp_path) == 1.0
     assert list((tmp_path / "domain_classifier").glob("*.pt"))

@@ -70,8 +70,9 @@ def test_frechet_closed_form_for_diagonal_and_co_rotated_gaussians(method):
     assert got == pytest.approx(expected, rel=1e-10)
     # the same covariances rotated by one orthogonal Q commute: the distance is unchanged
     q, _ = np.linalg.qr(rng.normal(size=(d, d)))
-    rotated = frechet_distance(q @ mu1, q @ np.diag(s1) @ q.T, q @ mu2, q @ np.diag(s2) @ q.T,
-                               method=method)
+    rotated = frechet_distance(
+        q @ mu1, q @ np.diag(s1) @ q.T, q @ mu2, q @ np.diag(s2) @ q.T, method=method
+    )
     assert rotated == pytest.approx(expected, rel=1e-8)
 
 
@@ -114,15 +115,18 @@ def test_frechet_random_spd_including_singular_is_finite_and_methods_agree(rank)
         assert a == pytest.approx(b, rel=1e-6, abs=1e-8)
     # zero covariances: only the means remain
     assert frechet_distance(mu1, np.zeros((d, d)), mu2, np.zeros((d, d))) == pytest.approx(
-        np.sum((mu1 - mu2) ** 2))
+        np.sum((mu1 - mu2) ** 2)
+    )
 
 
 def test_frechet_parity_with_pytorch_fid():
     from pytorch_fid.fid_score import calculate_frechet_distance
 
     rng = np.random.default_rng(13)
-    stats = (*feature_statistics(rng.normal(size=(40, 24))),
-             *feature_statistics(rng.normal(0.2, 1.2, size=(50, 24))))
+    stats = (
+        *feature_statistics(rng.normal(size=(40, 24))),
+        *feature_statistics(rng.normal(0.2, 1.2, size=(50, 24))),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # its sqrtm(disp=False) on SciPy 1.16+
         reference = calculate_frechet_distance(*stats)
@@ -135,8 +139,12 @@ def test_frechet_regularises_a_failed_square_root(monkeypatch):
     from patchcontrast.metrics import fid as fid_module
 
     rng = np.random.default_rng(14)
-    mu1, mu2, s1, s2 = rng.normal(size=6), rng.normal(size=6), _random_spd(rng, 6), _random_spd(
-        rng, 6)
+    mu1, mu2, s1, s2 = (
+        rng.normal(size=6),
+        rng.normal(size=6),
+        _random_spd(rng, 6),
+        _random_spd(rng, 6),
+    )
     real_sqrtm, calls = fid_module._sqrtm, []
 
     def nan_first(a):
@@ -148,8 +156,12 @@ def test_frechet_regularises_a_failed_square_root(monkeypatch):
     value = frechet_distance(mu1, s1, mu2, s2, eps=eps)
     offset = eps * np.eye(6)
     np.testing.assert_allclose(calls[1], (s1 + offset) @ (s2 + offset))
-    assert value == pytest.approx(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2)
-                                  - 2 * np.trace(real_sqrtm(calls[1])).real)
+    assert value == pytest.approx(
+        np.sum((mu1 - mu2) ** 2)
+        + np.trace(s1)
+        + np.trace(s2)
+        - 2 * np.trace(real_sqrtm(calls[1])).real
+    )
     monkeypatch.setattr(fid_module, "_sqrtm", lambda a: real_sqrtm(a) + 0.5j * np.eye(len(a)))
     with pytest.raises(ValueError, match="imaginary part"):
         frechet_distance(mu1, s1, mu2, s2)
@@ -227,8 +239,9 @@ def test_kid_can_be_slightly_negative_and_is_seeded():
     a, b = rng.normal(size=(50, 8)), rng.normal(size=(50, 8))
     values = [kid(a, b, subsets=5, subset_size=20, seed=s)[0] for s in range(10)]
     assert min(values) < 0  # unbiased: no positive floor
-    assert kid(a, b, subsets=5, subset_size=20, seed=3) == kid(a, b, subsets=5, subset_size=20,
-                                                               seed=3)
+    assert kid(a, b, subsets=5, subset_size=20, seed=3) == kid(
+        a, b, subsets=5, subset_size=20, seed=3
+    )
     assert values[0] != values[1]
 
 
@@ -298,8 +311,11 @@ def test_extract_features_mixed_formats_sizes_and_modes_with_random_cnn(mixed_fo
     np.testing.assert_allclose(feats, one_by_one, rtol=1e-5, atol=1e-6)
     # a list of files works too, in the given order
     files = [mixed_folder / "d.bmp", mixed_folder / "a.png"]
-    np.testing.assert_allclose(extract_features(files, model, progress=False),
-                               feats[[names.index("d.bmp"), names.index("a.png")]], rtol=1e-5)
+    np.testing.assert_allclose(
+        extract_features(files, model, progress=False),
+        feats[[names.index("d.bmp"), names.index("a.png")]],
+        rtol=1e-5,
+    )
 
 
 def test_extract_features_clean_resize_option_with_random_cnn(mixed_folder):
@@ -374,10 +390,12 @@ def test_fid_from_folders_with_random_cnn_and_cache(tmp_path, mixed_folder):
     cache = tmp_path / "cache"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # 8 and 6 images < 16 dimensions
-        result = fid_from_folders(mixed_folder, fake, model=model, cache_dir=cache,
-                                  kid_subsets=10, progress=False)
-        again = fid_from_folders(mixed_folder, fake, model=model, cache_dir=cache,
-                                 kid_subsets=10, progress=False)
+        result = fid_from_folders(
+            mixed_folder, fake, model=model, cache_dir=cache, kid_subsets=10, progress=False
+        )
+        again = fid_from_folders(
+            mixed_folder, fake, model=model, cache_dir=cache, kid_subsets=10, progress=False
+        )
         itself = fid_from_folders(fake, fake, model=model, kid_subsets=10, progress=False)
     assert result == again and len(list(cache.glob("*.npz"))) == 1  # only the real folder
     assert result["fid"] > 0 and np.isfinite(result["kid_mean"])
@@ -414,8 +432,13 @@ def test_missing_weights_error_says_what_and_where(hub_dir, tmp_path):
     with pytest.raises(MissingWeightsError) as info:
         InceptionFeatures()
     message = str(info.value)
-    for part in (FID_WEIGHTS_NAME, FID_WEIGHTS_URL, str(expected), "--inception-weights",
-                 WEIGHTS_ENV):
+    for part in (
+        FID_WEIGHTS_NAME,
+        FID_WEIGHTS_URL,
+        str(expected),
+        "--inception-weights",
+        WEIGHTS_ENV,
+    ):
         assert part in message
     (tmp_path / "real").mkdir()
     _noise_image(np.random.default_rng(0), 8, 8).save(tmp_path / "real" / "a.png")
@@ -447,8 +470,9 @@ def random_inception_weights(tmp_path_factory):
     import torchvision
 
     torch.manual_seed(0)
-    net = torchvision.models.inception_v3(num_classes=1008, aux_logits=False, weights=None,
-                                          init_weights=False)
+    net = torchvision.models.inception_v3(
+        num_classes=1008, aux_logits=False, weights=None, init_weights=False
+    )
     path = tmp_path_factory.mktemp("weights") / "random_inception.pth"
     torch.save(net.state_dict(), path)
     return path

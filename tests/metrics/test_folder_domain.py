@@ -33,10 +33,17 @@ def test_learns_the_domains_and_caches(data, tmp_path):
 
 
 def test_evaluate_scores_a_folder_with_it(data, monkeypatch):
-    monkeypatch.setattr(folder_domain, "folder_classifier",
-                        functools.partial(folder_domain.folder_classifier, steps=60))
-    result = {name: evaluate_folders(None, data / name, metrics=("domain",), domain_data=data,
-                                     swd_size=32, progress=False) for name in ("testA", "testB")}
+    monkeypatch.setattr(
+        folder_domain,
+        "folder_classifier",
+        functools.partial(folder_domain.folder_classifier, steps=60),
+    )
+    result = {
+        name: evaluate_folders(
+            None, data / name, metrics=("domain",), domain_data=data, swd_size=32, progress=False
+        )
+        for name in ("testA", "testB")
+    }
     assert result["testA"]["metrics"]["domain_b"] <= 0.1
     assert result["testB"]["metrics"]["domain_b"] >= 0.9
     settings = result["testB"]["settings"]["domain"]

@@ -12,8 +12,9 @@ from patchcontrast.metrics import confusion_matrix, segmentation_metrics
 K = 4
 
 
-def _encode(labels: torch.Tensor, corrupt: torch.Tensor | None = None,
-            num_classes: int = K) -> torch.Tensor:
+def _encode(
+    labels: torch.Tensor, corrupt: torch.Tensor | None = None, num_classes: int = K
+) -> torch.Tensor:
     """Images that carry their label map: channel 0 = label / K (ignored pixels -> class 0),
     channel 1 = 1 where a model should get the pixel wrong. (N, H, W) -> (N, 3, H, W)."""
     known = torch.where(labels == 255, 0, labels).float() / num_classes
@@ -56,8 +57,12 @@ def test_perfect_model_scores_one():
 
 
 def test_known_errors_give_hand_computed_numbers():
-    labels = torch.tensor([[[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1], [2, 2, 2, 2]],
-                           [[1, 1, 1, 1], [1, 1, 1, 1], [2, 2, 2, 2], [255] * 4]])
+    labels = torch.tensor(
+        [
+            [[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1], [2, 2, 2, 2]],
+            [[1, 1, 1, 1], [1, 1, 1, 1], [2, 2, 2, 2], [255] * 4],
+        ]
+    )
     corrupt = torch.zeros_like(labels, dtype=torch.bool)
     corrupt[0, 0, :2] = True  # two 0s predicted as 1
     corrupt[0, 3, 0] = True  # one 2 predicted as 0 (2 + 1 = 3 -> 0 with 3 classes)
@@ -115,8 +120,7 @@ def test_low_resolution_logits_are_scored_at_label_resolution():
 def test_lists_of_mixed_sizes_numpy_labels_and_uint8():
     maps = [_label_maps(1, 16, 3)[0], _label_maps(1, 24, 4)[0], _label_maps(1, 16, 5)[0]]
     images = [(_encode(m[None])[0] * 255).round().byte() for m in maps]  # uint8 -> / 255
-    result = segmentation_metrics(Decoder(), images, [m.numpy() for m in maps], K,
-                                  batch_size=2)
+    result = segmentation_metrics(Decoder(), images, [m.numpy() for m in maps], K, batch_size=2)
     assert result["miou"] == 1.0
     assert result["num_pixels"] == sum(int((m != 255).sum()) for m in maps)
 
@@ -140,11 +144,13 @@ def test_torchscript_round_trip(tmp_path):
     traced = tmp_path / "net.pt"
     torch.jit.save(torch.jit.trace(net, images[:1]), traced)
     expected = segmentation_metrics(net, images, labels, K)
-    assert torch.equal(segmentation_metrics(traced, images, labels, K)["confusion"],
-                       expected["confusion"])
+    assert torch.equal(
+        segmentation_metrics(traced, images, labels, K)["confusion"], expected["confusion"]
+    )
     for wrap in (lambda x: {"out": net(x)}, lambda x: (net(x), None)):
-        assert torch.equal(segmentation_metrics(wrap, images, labels, K)["confusion"],
-                           expected["confusion"])
+        assert torch.equal(
+            segmentation_metrics(wrap, images, labels, K)["confusion"], expected["confusion"]
+        )
 
 
 def test_confusion_matrix_function():

@@ -39,7 +39,7 @@ def _naive_filter(image: np.ndarray) -> np.ndarray:
     out = np.zeros_like(image)
     for dy in range(5):
         for dx in range(5):
-            out += _FILTER[dy, dx] * padded[:, dy:dy + h, dx:dx + w]
+            out += _FILTER[dy, dx] * padded[:, dy : dy + h, dx : dx + w]
     return out
 
 
@@ -65,8 +65,9 @@ def _naive_w1(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.abs(a_rep - b_rep)))
 
 
-def _naive_swd(real: np.ndarray, fake: np.ndarray, centres: list[np.ndarray],
-               directions: list[np.ndarray]) -> list[float]:
+def _naive_swd(
+    real: np.ndarray, fake: np.ndarray, centres: list[np.ndarray], directions: list[np.ndarray]
+) -> list[float]:
     """SWD x1e3 per level; centres[k] (max(N), T, 2), directions[k] (R, 147, D) given."""
     levels = len(centres)
     per_level = []
@@ -77,7 +78,7 @@ def _naive_swd(real: np.ndarray, fake: np.ndarray, centres: list[np.ndarray],
             for i, image in enumerate(images):
                 band = _naive_pyramid(image.astype(np.float64), levels)[k]
                 for y, x in centres[k][i]:
-                    descriptors.append(band[:, y - 3:y + 4, x - 3:x + 4].reshape(3, 49))
+                    descriptors.append(band[:, y - 3 : y + 4, x - 3 : x + 4].reshape(3, 49))
             d = np.array(descriptors)  # (M, 3, 49)
             for c in range(3):
                 d[:, c] = (d[:, c] - d[:, c].mean()) / d[:, c].std()
@@ -100,8 +101,14 @@ def test_matches_naive_numpy_reference(n_fake):
     centres = [descriptor_centres(seed, k, 4, s, per_image).numpy() for k, s in enumerate(sizes)]
     directions = [projection_directions(seed, k, repeats, dirs).numpy() for k in range(2)]
     expected = _naive_swd(real, fake, centres, directions)
-    got = swd(torch.from_numpy(real), torch.from_numpy(fake), seed=seed,
-              descriptors_per_image=per_image, directions=dirs, repeats=repeats)
+    got = swd(
+        torch.from_numpy(real),
+        torch.from_numpy(fake),
+        seed=seed,
+        descriptors_per_image=per_image,
+        directions=dirs,
+        repeats=repeats,
+    )
     assert list(got) == ["swd_32", "swd_16", "swd_avg"]
     assert got["swd_32"] == pytest.approx(expected[0], rel=1e-9)
     assert got["swd_16"] == pytest.approx(expected[1], rel=1e-9)
@@ -158,14 +165,18 @@ def test_same_domain_is_closer_than_other_domain(zebras):
 def test_increases_with_noise(zebras):
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(zebras.shape, generator=g)
-    scores = [swd(zebras, (zebras + sigma * noise).clamp(0, 255))["swd_avg"]
-              for sigma in (4.0, 12.0, 36.0)]
+    scores = [
+        swd(zebras, (zebras + sigma * noise).clamp(0, 255))["swd_avg"]
+        for sigma in (4.0, 12.0, 36.0)
+    ]
     assert 0 < scores[0] < scores[1] < scores[2]
 
 
 def test_increases_with_blur(zebras):
-    scores = [swd(zebras, gaussian_blur(zebras.float(), [9, 9], [sigma]))["swd_avg"]
-              for sigma in (0.5, 1.0, 2.0)]
+    scores = [
+        swd(zebras, gaussian_blur(zebras.float(), [9, 9], [sigma]))["swd_avg"]
+        for sigma in (0.5, 1.0, 2.0)
+    ]
     assert 0 < scores[0] < scores[1] < scores[2]
 
 
@@ -226,8 +237,9 @@ def test_folders_match_tensors_and_resize(tmp_path, zebras):
         (tmp_path / name).mkdir()
         for i, image in enumerate(images):
             Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / name / f"{i:03d}.png")
-    from_folders = swd_from_folders(tmp_path / "real", tmp_path / "fake", size=32,
-                                    progress=False, batch_size=4)
+    from_folders = swd_from_folders(
+        tmp_path / "real", tmp_path / "fake", size=32, progress=False, batch_size=4
+    )
     assert from_folders == swd(zebras[:6], horses, size=32)
     with pytest.raises(ValueError, match="pass size="):
         swd_from_folders(tmp_path / "real", tmp_path / "fake", size=None, progress=False)

@@ -33,10 +33,16 @@ def test_translation_shifts_whole_images_and_fills_zeros():
         for dy in range(-2, 3):
             for dx in range(-2, 3):
                 shifted = torch.zeros_like(src)
-                ys, yd = (slice(0, 16 - dy), slice(dy, 16)) if dy >= 0 else \
-                    (slice(-dy, 16), slice(0, 16 + dy))
-                xs, xd = (slice(0, 16 - dx), slice(dx, 16)) if dx >= 0 else \
-                    (slice(-dx, 16), slice(0, 16 + dx))
+                ys, yd = (
+                    (slice(0, 16 - dy), slice(dy, 16))
+                    if dy >= 0
+                    else (slice(-dy, 16), slice(0, 16 + dy))
+                )
+                xs, xd = (
+                    (slice(0, 16 - dx), slice(dx, 16))
+                    if dx >= 0
+                    else (slice(-dx, 16), slice(0, 16 + dx))
+                )
                 shifted[:, yd, xd] = src[:, ys, xs]
                 found |= torch.equal(shifted, out)
         assert found
@@ -52,7 +58,7 @@ def test_cutout_zeroes_one_square_of_half_the_side_at_most():
     assert sizes.max() == 64 and sizes.min() > 0  # 8x8 when inside, clipped at the borders
     for hole in holes:  # a rectangle: its bounding box is full
         rows, cols = hole.any(1).nonzero(), hole.any(0).nonzero()
-        box = hole[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        box = hole[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
         assert box.all()
 
 

@@ -28,8 +28,9 @@ def spec_up(x):
     t = torch.tensor([1.0, 3.0, 3.0, 1.0], dtype=x.dtype)
     k = torch.outer(t, t)
     k = (k * 4 / k.sum()).expand(x.shape[1], 1, 4, 4)
-    y = F.conv_transpose2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, stride=2, padding=2,
-                           groups=x.shape[1])
+    y = F.conv_transpose2d(
+        F.pad(x, (1, 1, 1, 1), mode="replicate"), k, stride=2, padding=2, groups=x.shape[1]
+    )
     return y[:, :, 1:-1, 1:-1]
 
 
@@ -65,10 +66,12 @@ def test_upsample_matches_spec_and_doubles(size):
 
 def test_resampling_preserves_constants():
     x = torch.full((1, 2, 6, 8), 0.37, dtype=torch.float64)
-    torch.testing.assert_close(BlurPool(2).double()(x), torch.full((1, 2, 3, 4), 0.37,
-                                                                    dtype=torch.float64))
-    torch.testing.assert_close(BlurUpsample(2).double()(x), torch.full((1, 2, 12, 16), 0.37,
-                                                                        dtype=torch.float64))
+    torch.testing.assert_close(
+        BlurPool(2).double()(x), torch.full((1, 2, 3, 4), 0.37, dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        BlurUpsample(2).double()(x), torch.full((1, 2, 12, 16), 0.37, dtype=torch.float64)
+    )
 
 
 def test_upsample_interpolates_between_neighbours():
@@ -112,8 +115,7 @@ def test_other_init_kinds(kind, std):
 
 def test_orthogonal_init():
     lin = init_weights(nn.Linear(50, 40), "orthogonal", gain=0.5)
-    torch.testing.assert_close(lin.weight @ lin.weight.T, 0.25 * torch.eye(40), atol=1e-5,
-                               rtol=0)
+    torch.testing.assert_close(lin.weight @ lin.weight.T, 0.25 * torch.eye(40), atol=1e-5, rtol=0)
 
 
 def test_init_deterministic_and_leaves_buffers():

@@ -22,8 +22,9 @@ def oracle(head, l, feat, ids):
     # per image b and patch p: pick the feature vector at flat position ids[b, p]
     b, c, h, w = feat.shape
     ids = ids.expand(b, -1) if ids.dim() == 1 else ids
-    rows = torch.stack([torch.stack([feat[i, :, j // w, j % w] for j in ids[i].tolist()])
-                        for i in range(b)])  # (B, P, C)
+    rows = torch.stack(
+        [torch.stack([feat[i, :, j // w, j % w] for j in ids[i].tolist()]) for i in range(b)]
+    )  # (B, P, C)
     x = head.mlps[l](rows)
     return x / (x.norm(dim=-1, keepdim=True) + 1e-7)
 
@@ -87,8 +88,9 @@ def test_given_ids_are_reused_exactly():
 def test_per_image_ids_differ_and_are_reused():
     head = PatchSampleMLP((4,), out_channels=8)
     feats = [torch.randn(1, 4, 8, 8).expand(3, -1, -1, -1)]  # identical images
-    samples, (ids,) = head(feats, num_patches=16, per_image=True,
-                           generator=torch.Generator().manual_seed(0))
+    samples, (ids,) = head(
+        feats, num_patches=16, per_image=True, generator=torch.Generator().manual_seed(0)
+    )
     assert ids.shape == (3, 16)
     assert not torch.equal(ids[0], ids[1]) and not torch.equal(ids[1], ids[2])
     assert not torch.equal(samples[0][0], samples[0][1])
@@ -143,8 +145,11 @@ def test_bad_inputs_raise():
     good = feats_for((3, 8), [(4, 4), (4, 4)])
     with pytest.raises(ValueError, match="got 1 feature maps for 2 taps"):
         head(good[:1])
-    with pytest.raises(ValueError, match=r"tap 1: expected \(B, 8, H, W\) features, got shape "
-                                         r"\(2, 3, 4, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"tap 1: expected \(B, 8, H, W\) features, got shape "
+        r"\(2, 3, 4, 4\)",
+    ):
         head([good[0], good[0]])
     with pytest.raises(ValueError, match="got 1 patch id tensors for 2 taps"):
         head(good, patch_ids=[torch.arange(4)])

@@ -58,16 +58,29 @@ def test_full_size_shapes_on_meta():
     x = torch.empty(1, 3, 256, 256, device="meta")
     assert net(x).shape == (1, 3, 256, 256)
     shapes = [tuple(f.shape[1:]) for f in net.encode(x, (0, 4, 7, 8, 11, 12, 16, 21, 25))]
-    assert shapes == [(3, 262, 262), (128, 256, 256), (128, 128, 128), (256, 128, 128),
-                      (256, 64, 64), (256, 64, 64), (256, 64, 64), (256, 128, 128),
-                      (128, 256, 256)]
+    assert shapes == [
+        (3, 262, 262),
+        (128, 256, 256),
+        (128, 128, 128),
+        (256, 128, 128),
+        (256, 64, 64),
+        (256, 64, 64),
+        (256, 64, 64),
+        (256, 128, 128),
+        (128, 256, 256),
+    ]
 
 
 def test_encode_taps_64(generator):
     x = torch.randn(2, 3, 64, 64)
     feats = generator.encode(x)
     assert [tuple(f.shape) for f in feats] == [
-        (2, 3, 70, 70), (2, 128, 64, 64), (2, 256, 32, 32), (2, 256, 16, 16), (2, 256, 16, 16)]
+        (2, 3, 70, 70),
+        (2, 128, 64, 64),
+        (2, 256, 32, 32),
+        (2, 256, 16, 16),
+        (2, 256, 16, 16),
+    ]
     torch.testing.assert_close(feats[0], nn.functional.pad(x, (3,) * 4, mode="reflect"))
 
 
@@ -122,9 +135,10 @@ def test_encode_does_not_mutate_layers():
     assert layers == [4, 0]
 
 
-@pytest.mark.parametrize(("antialias", "antialias_up", "length"),
-                         [(True, True, 32), (False, True, 30), (True, False, 30),
-                          (False, False, 28)])
+@pytest.mark.parametrize(
+    ("antialias", "antialias_up", "length"),
+    [(True, True, 32), (False, True, 30), (True, False, 30), (False, False, 28)],
+)
 def test_antialias_switches(antialias, antialias_up, length):
     net = ResnetGenerator(ngf=8, antialias=antialias, antialias_up=antialias_up)
     assert len(net.net) == length
@@ -145,8 +159,7 @@ def test_no_antialias_moves_taps():
     assert blocks.index(12) == 2 and blocks.index(16) == 6
     x = torch.empty(1, 3, 256, 256, device="meta")
     shapes = [tuple(f.shape[1:]) for f in net.to("meta").encode(x)]
-    assert shapes == [(3, 262, 262), (128, 128, 128), (256, 64, 64), (256, 64, 64),
-                      (256, 64, 64)]
+    assert shapes == [(3, 262, 262), (128, 128, 128), (256, 64, 64), (256, 64, 64), (256, 64, 64)]
 
 
 def test_init_is_deterministic():
@@ -186,12 +199,15 @@ def test_dropout_option():
     assert not any(isinstance(m, nn.Dropout) for m in ResnetGenerator(ngf=8).modules())
 
 
-@pytest.mark.parametrize(("shape", "message"), [
-    ((1, 1, 16, 16), r"expects \(B, 3, H, W\) images, got shape \(1, 1, 16, 16\)"),
-    ((3, 16, 16), r"expects \(B, 3, H, W\) images, got shape \(3, 16, 16\)"),
-    ((1, 3, 16, 18), "height and width divisible by 4 .* got 16x18"),
-    ((1, 3, 30, 16), "height and width divisible by 4 .* got 30x16"),
-])
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((1, 1, 16, 16), r"expects \(B, 3, H, W\) images, got shape \(1, 1, 16, 16\)"),
+        ((3, 16, 16), r"expects \(B, 3, H, W\) images, got shape \(3, 16, 16\)"),
+        ((1, 3, 16, 18), "height and width divisible by 4 .* got 16x18"),
+        ((1, 3, 30, 16), "height and width divisible by 4 .* got 30x16"),
+    ],
+)
 @pytest.mark.parametrize("method", ["forward", "encode", "forward_with_features"])
 def test_bad_input_raises(shape, message, method):
     net = ResnetGenerator(ngf=8, n_blocks=1)
@@ -199,13 +215,16 @@ def test_bad_input_raises(shape, message, method):
         getattr(net, method)(torch.randn(shape))
 
 
-@pytest.mark.parametrize(("layers", "message"), [
-    ((0, 32), r"layer index 32 out of range: .* 32 entries \(valid indices 0\.\.31\)"),
-    ((-1,), r"layer index -1 out of range"),
-    ((), "non-empty sequence of indices"),
-    (4, "non-empty sequence of indices"),
-    ((1.5,), "layer indices must be integers"),
-])
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [
+        ((0, 32), r"layer index 32 out of range: .* 32 entries \(valid indices 0\.\.31\)"),
+        ((-1,), r"layer index -1 out of range"),
+        ((), "non-empty sequence of indices"),
+        (4, "non-empty sequence of indices"),
+        ((1.5,), "layer indices must be integers"),
+    ],
+)
 def test_bad_layers_raise(layers, message):
     net = ResnetGenerator(ngf=8)
     with pytest.raises(ValueError, match=message):

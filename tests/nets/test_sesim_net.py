@@ -98,8 +98,10 @@ def test_generator_side_gradient_reaches_the_image_not_the_backbone():
     net = random_net("learned")
     src, fake = images(seed=1), images(seed=2).requires_grad_(True)
     ids = torch.randperm(64, generator=torch.Generator().manual_seed(0))[:16]
-    loss = sum(spatial_correlative_loss(self_similarity(a, ids), self_similarity(b, ids))
-               for a, b in zip(net(src), net(fake)))
+    loss = sum(
+        spatial_correlative_loss(self_similarity(a, ids), self_similarity(b, ids))
+        for a, b in zip(net(src), net(fake))
+    )
     loss.backward()
     assert fake.grad is not None and fake.grad.abs().sum() > 0
     assert all(p.grad is None for p in net.backbone.parameters())
@@ -118,9 +120,14 @@ def test_lsesim_heads_learn_the_contrastive_task():
 
     def contrastive():
         q, k = net(x), net(view)
-        return sum(sesim_contrastive(self_similarity(a, ids, patch_size=5),
-                                     self_similarity(b, ids, patch_size=5), loss_fn)
-                   for a, b in zip(q[1:], k[1:]))  # relu2_1: the 8x8 map
+        return sum(
+            sesim_contrastive(
+                self_similarity(a, ids, patch_size=5),
+                self_similarity(b, ids, patch_size=5),
+                loss_fn,
+            )
+            for a, b in zip(q[1:], k[1:])
+        )  # relu2_1: the 8x8 map
 
     before = contrastive().item()
     for _ in range(10):

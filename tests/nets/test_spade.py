@@ -30,10 +30,12 @@ def random_seg(b, label_nc, h, w):
 
 def is_spectral(conv):
     return parametrize.is_parametrized(conv, "weight") and any(
-        type(p).__name__ == "_SpectralNorm" for p in conv.parametrizations.weight)
+        type(p).__name__ == "_SpectralNorm" for p in conv.parametrizations.weight
+    )
 
 
 # ---- parameter counts: formulas derived from the layer description ----
+
 
 def spade_count(c, label_nc, hidden=128):
     # shared 3x3 (label_nc -> hidden) + two 3x3 (hidden -> c), all with bias
@@ -82,9 +84,11 @@ def test_full_size_parameter_counts(full_size):
 def test_tiny_parameter_counts():
     assert n_params(SPADEGenerator(3, ngf=4)) == generator_count(3, 4)
     assert n_params(SPADEGenerator(3, ngf=4, num_upsampling_layers="most")) == generator_count(
-        3, 4, most=True)
+        3, 4, most=True
+    )
     assert n_params(MultiscaleDiscriminator(5, ndf=4, n_layers=3, num_d=3)) == (
-        discriminator_count(5, ndf=4, n_layers=3, num_d=3))
+        discriminator_count(5, ndf=4, n_layers=3, num_d=3)
+    )
 
 
 def test_full_size_discriminator_map(full_size):
@@ -95,6 +99,7 @@ def test_full_size_discriminator_map(full_size):
 
 
 # ---- generator ----
+
 
 @pytest.mark.parametrize("mode,k", [("normal", 5), ("more", 6), ("most", 7)])
 def test_generator_output_shapes(mode, k):
@@ -145,8 +150,9 @@ def test_gradient_reaches_all_parameters():
 
 def test_spectral_norm_where_expected():
     g = SPADEGenerator(3, ngf=4)
-    block_convs = [m for n, m in g.named_modules() if n.split(".")[-1] in ("conv_0", "conv_1",
-                                                                          "conv_s")]
+    block_convs = [
+        m for n, m in g.named_modules() if n.split(".")[-1] in ("conv_0", "conv_1", "conv_s")
+    ]
     assert len(block_convs) == 7 * 2 + 4  # 7 blocks, 4 with a learned shortcut
     assert all(is_spectral(c) for c in block_convs)
     spectral = [m for m in g.modules() if isinstance(m, nn.Conv2d) and is_spectral(m)]
@@ -177,8 +183,9 @@ def test_init_plain_xavier_spectral_default():
     # spectral conv keeps PyTorch's kaiming-uniform default, std = 1 / sqrt(3 * fan_in)
     w = g.head_0.conv_0.parametrizations.weight.original  # (64, 64, 3, 3)
     assert abs(w.std().item() * (3 * 576) ** 0.5 - 1) < 0.1
-    assert all((m.bias == 0).all() for m in g.modules()
-               if isinstance(m, nn.Conv2d) and m.bias is not None)
+    assert all(
+        (m.bias == 0).all() for m in g.modules() if isinstance(m, nn.Conv2d) and m.bias is not None
+    )
     # u/v were estimated for the kept weight, so sigma(W_eff) ~ 1 even without a power iteration
     g.eval()
     for name in ("head_0.conv_0", "up_0.conv_s", "up_3.conv_1"):
@@ -209,6 +216,7 @@ def test_sync_batchnorm_conversion():
 
 
 # ---- SPADE layer and block ----
+
 
 def zero_modulation(layer):
     for conv in (layer.mlp_gamma, layer.mlp_beta):
@@ -277,6 +285,7 @@ def test_resblock_shapes_and_shortcut():
 
 # ---- discriminator ----
 
+
 def test_discriminator_scales_and_pooled_input():
     torch.manual_seed(0)
     d = MultiscaleDiscriminator(5, ndf=4, n_layers=4, num_d=3)
@@ -308,6 +317,7 @@ def test_discriminator_errors():
 
 # ---- feature matching ----
 
+
 def naive_feature_matching(fake, real, reduce):
     total = 0.0
     for f_s, r_s in zip(fake, real):
@@ -319,8 +329,10 @@ def naive_feature_matching(fake, real, reduce):
 @pytest.mark.parametrize("reduce", ["sum", "mean"])
 def test_feature_matching_matches_loop_and_detaches_real(reduce):
     torch.manual_seed(0)
-    shapes = [[(2, 4, 9, 9), (2, 8, 5, 5), (2, 1, 6, 6)],
-              [(2, 4, 5, 5), (2, 8, 3, 3), (2, 1, 4, 4)]]
+    shapes = [
+        [(2, 4, 9, 9), (2, 8, 5, 5), (2, 1, 6, 6)],
+        [(2, 4, 5, 5), (2, 8, 3, 3), (2, 1, 4, 4)],
+    ]
     fake = [[torch.randn(s, requires_grad=True) for s in scale] for scale in shapes]
     real = [[torch.randn(s, requires_grad=True) for s in scale] for scale in shapes]
     loss = feature_matching_loss(fake, real, layer_reduction=reduce)
@@ -355,6 +367,7 @@ def test_feature_matching_errors():
 
 # ---- one-hot labels ----
 
+
 def test_one_hot_labels():
     labels = torch.randint(0, 3, (2, 4, 5))
     oh = one_hot_labels(labels, 3)
@@ -372,8 +385,11 @@ def test_one_hot_dont_care():
 
 
 def test_one_hot_errors():
-    with pytest.raises(ValueError, match=r"\[0, 2\] \(label_nc=3, dont_care=False\); "
-                                         r"found invalid values -1, 3, 7"):
+    with pytest.raises(
+        ValueError,
+        match=r"\[0, 2\] \(label_nc=3, dont_care=False\); "
+        r"found invalid values -1, 3, 7",
+    ):
         one_hot_labels(torch.tensor([[[0, 3], [-1, 7]]]), 3)
     with pytest.raises(ValueError, match="found invalid values 4"):
         one_hot_labels(torch.tensor([[[3, 4]]]), 3, dont_care=True)

@@ -225,7 +225,7 @@ def test_r1_matches_manual_gradients_and_trains_d():
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
     penalty = r1_penalty(d(x), x)
     # each image's gradient of its own logit, one autograd call per image
-    grads = torch.stack([torch.autograd.grad(d(x[b:b + 1]).sum(), x)[0][b] for b in range(2)])
+    grads = torch.stack([torch.autograd.grad(d(x[b : b + 1]).sum(), x)[0][b] for b in range(2)])
     torch.testing.assert_close(penalty, 0.5 * grads.square().flatten(1).sum(1).mean())
     # ... and those gradients agree with central differences along random directions
     with torch.no_grad():

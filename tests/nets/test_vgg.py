@@ -32,10 +32,22 @@ from patchcontrast.nets.vgg import (
 
 # torchvision vgg19().features indices of conv c of block b, read off its printed module list
 CONV_INDEX = {
-    "block1_conv1": 0, "block1_conv2": 2, "block2_conv1": 5, "block2_conv2": 7,
-    "block3_conv1": 10, "block3_conv2": 12, "block3_conv3": 14, "block3_conv4": 16,
-    "block4_conv1": 19, "block4_conv2": 21, "block4_conv3": 23, "block4_conv4": 25,
-    "block5_conv1": 28, "block5_conv2": 30, "block5_conv3": 32, "block5_conv4": 34,
+    "block1_conv1": 0,
+    "block1_conv2": 2,
+    "block2_conv1": 5,
+    "block2_conv2": 7,
+    "block3_conv1": 10,
+    "block3_conv2": 12,
+    "block3_conv3": 14,
+    "block3_conv4": 16,
+    "block4_conv1": 19,
+    "block4_conv2": 21,
+    "block4_conv3": 23,
+    "block4_conv4": 25,
+    "block5_conv1": 28,
+    "block5_conv2": 30,
+    "block5_conv3": 32,
+    "block5_conv4": 34,
 }
 BGR_MEAN = torch.tensor([103.939, 116.779, 123.68])
 
@@ -69,8 +81,9 @@ def reference_forward(state, x, upto):
     outs = []
     for i, m in enumerate(meta_vgg19().features[: upto + 1]):
         if isinstance(m, nn.Conv2d):
-            x = F.conv2d(x, state[f"{i}.weight"].to(x.dtype), state[f"{i}.bias"].to(x.dtype),
-                         padding=1)
+            x = F.conv2d(
+                x, state[f"{i}.weight"].to(x.dtype), state[f"{i}.bias"].to(x.dtype), padding=1
+            )
         elif isinstance(m, nn.ReLU):
             x = F.relu(x)
         else:
@@ -98,8 +111,9 @@ def test_layer_table_matches_torchvision():
     assert [VGG_LAYERS[n] for n in UPSTREAM_LAYERS] == [1, 6, 11, 20, 29]
     assert [VGG_LAYERS[n] for n in PAPER_LAYERS] == [3, 8, 13, 22, 31]
     assert VGG_LAYERS["relu5_4"] == 35 and VGG_LAYERS["pool5"] == 36
-    assert {f"block{n[4]}_conv{n[6]}": i for n, i in VGG_LAYERS.items()
-            if n.startswith("conv")} == CONV_INDEX
+    assert {
+        f"block{n[4]}_conv{n[6]}": i for n, i in VGG_LAYERS.items() if n.startswith("conv")
+    } == CONV_INDEX
     assert VGG19_URL == torchvision.models.VGG19_Weights.IMAGENET1K_V1.url
 
 
@@ -107,8 +121,7 @@ def test_layer_table_matches_torchvision():
 def test_output_shapes_64px(layers, features_file):
     net = vgg(layers, features_file)
     out = net(torch.rand(2, 3, 64, 64) * 2 - 1)
-    expected = [(2, 64, 64, 64), (2, 128, 32, 32), (2, 256, 16, 16), (2, 512, 8, 8),
-                (2, 512, 4, 4)]
+    expected = [(2, 64, 64, 64), (2, 128, 32, 32), (2, 256, 16, 16), (2, 512, 8, 8), (2, 512, 4, 4)]
     assert [tuple(o.shape) for o in out] == expected
     assert net.channels == (64, 128, 256, 512, 512)
     assert [VGG_STRIDES[n] for n in layers] == [1, 2, 4, 8, 16]

@@ -18,8 +18,14 @@ from patchcontrast.losses import patch_nce
 from patchcontrast.losses.perceptual import perceptual_loss
 from patchcontrast.objectives.paired import PairedObjective
 
-TINY = {"ngf": 4, "ndf": 4, "n_layers_d": 2, "num_patches": 16, "vgg_source": "random",
-        "allow_random_vgg": True}
+TINY = {
+    "ngf": 4,
+    "ndf": 4,
+    "n_layers_d": 2,
+    "num_patches": 16,
+    "vgg_source": "random",
+    "allow_random_vgg": True,
+}
 
 
 def tiny(preset: str = "spade-patchnce", **model) -> SPADEConfig:
@@ -36,16 +42,21 @@ def build(cfg: SPADEConfig, **kw) -> PairedObjective:
 
 def batch(b=2, size=64, seed=0, label_nc=8):
     g = torch.Generator().manual_seed(seed)
-    return {"label": torch.randint(0, label_nc, (b, 1, size, size), generator=g),
-            "image": torch.rand(b, 3, size, size, generator=g) * 2 - 1}
+    return {
+        "label": torch.randint(0, label_nc, (b, 1, size, size), generator=g),
+        "image": torch.rand(b, 3, size, size, generator=g) * 2 - 1,
+    }
 
 
 @pytest.mark.parametrize("preset", sorted(PAIRED_PRESETS))
 def test_every_preset_steps_with_finite_losses(preset):
     obj = build(tiny(preset))
-    optims = {p.name: torch.optim.Adam([q for m in p.modules
-                                        for q in getattr(obj, m).parameters()], lr=p.lr,
-                                       betas=p.betas) for p in obj.phases}
+    optims = {
+        p.name: torch.optim.Adam(
+            [q for m in p.modules for q in getattr(obj, m).parameters()], lr=p.lr, betas=p.betas
+        )
+        for p in obj.phases
+    }
     before = [p.detach().clone() for p in obj.G.parameters()]
     stats = {}
     for _ in range(2):
@@ -122,8 +133,9 @@ def test_bidirectional_adds_the_reverse_direction_with_gradient_through_the_keys
     torch.manual_seed(3)
     keys, ids = bi.sampler(bi.vgg(y), bi.cfg.num_patches)
     queries, _ = bi.sampler(bi.vgg(x), patch_ids=ids)
-    reverse = sum(w * loss(k, q) for w, loss, q, k in
-                  zip(bi.cfg.layer_weights, bi.nce, queries, keys))
+    reverse = sum(
+        w * loss(k, q) for w, loss, q, k in zip(bi.cfg.layer_weights, bi.nce, queries, keys)
+    )
     torch.testing.assert_close(both, 0.5 * (forward + reverse))
     (g_reverse,) = torch.autograd.grad(reverse, x)
     assert g_reverse.abs().sum() > 0  # the generated image, as key, receives gradient
@@ -164,8 +176,7 @@ def test_inference_objective_translates_any_size_from_a_training_state():
     labels = torch.randint(0, 8, (1, 1, 50, 70))
     out = infer.translate(labels)
     assert out.shape == (1, 3, 50, 70) and out.abs().max() <= 1
-    padded = torch.nn.functional.pad(trained.segmentation(labels), (0, 26, 0, 14),
-                                     mode="replicate")
+    padded = torch.nn.functional.pad(trained.segmentation(labels), (0, 26, 0, 14), mode="replicate")
     torch.testing.assert_close(out, trained.G(padded)[..., :50, :70])
 
 

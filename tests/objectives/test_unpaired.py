@@ -27,8 +27,10 @@ def tiny(preset: str = "cut", **model) -> CUTConfig:
 
 def batch(b=2, size=32, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"A": torch.rand(b, 3, size, size, generator=g) * 2 - 1,
-            "B": torch.rand(b, 3, size, size, generator=g) * 2 - 1}
+    return {
+        "A": torch.rand(b, 3, size, size, generator=g) * 2 - 1,
+        "B": torch.rand(b, 3, size, size, generator=g) * 2 - 1,
+    }
 
 
 def grads(loss, module):
@@ -40,9 +42,12 @@ def grads(loss, module):
 def test_every_preset_steps_with_finite_losses(preset):
     torch.manual_seed(0)
     obj = UnpairedObjective(tiny(preset), crop_size=32)
-    optims = {p.name: torch.optim.Adam([q for m in p.modules
-                                        for q in getattr(obj, m).parameters()], lr=1e-3)
-              for p in obj.phases}
+    optims = {
+        p.name: torch.optim.Adam(
+            [q for m in p.modules for q in getattr(obj, m).parameters()], lr=1e-3
+        )
+        for p in obj.phases
+    }
     stats = {}
     for _ in range(2):
         obj.prepare(batch())
@@ -72,8 +77,9 @@ def test_every_preset_steps_with_finite_losses(preset):
 
 def test_upstream_parameter_counts():
     obj = UnpairedObjective(CUTConfig())
-    count = {name: sum(p.numel() for p in getattr(obj, name).parameters())
-             for name in ("G", "D", "F")}
+    count = {
+        name: sum(p.numel() for p in getattr(obj, name).parameters()) for name in ("G", "D", "F")
+    }
     assert round(count["G"] / 1e6, 3) == 11.378
     assert round(count["D"] / 1e6, 3) == 2.765
     assert round(count["F"] / 1e6, 3) == 0.560
@@ -148,17 +154,33 @@ def test_sesim_loss_is_zero_for_the_source_itself_and_heads_train_only_in_their_
 def test_fast_recipe_levers_step_and_keep_the_paper_defaults():
     paper = tiny("cut")
     assert (paper.residual, paper.diffaugment, paper.ema, paper.lr_d, paper.positional) == (
-        False, (), 0.0, None, 0)
+        False,
+        (),
+        0.0,
+        None,
+        0,
+    )
     torch.manual_seed(0)
-    cfg = tiny("cut", residual=True, diffaugment=("color", "translation", "cutout"), ema=0.9,
-               lr_d=1e-4, gan_mode="nonsaturating", positional=2)
+    cfg = tiny(
+        "cut",
+        residual=True,
+        diffaugment=("color", "translation", "cutout"),
+        ema=0.9,
+        lr_d=1e-4,
+        gan_mode="nonsaturating",
+        positional=2,
+    )
     obj = UnpairedObjective(cfg, crop_size=32)
     assert any(isinstance(m, FourierPosition) for m in obj.G.net)
     assert {p.name: p.lr for p in obj.phases} == {"D": 1e-4, "G": cfg.lr}
     x = batch()
     assert torch.allclose(obj.translate(x["A"]), x["A"].clamp(-0.999, 0.999), atol=1e-5)
-    opt = {p.name: torch.optim.Adam([q for m in p.modules for q in getattr(obj, m).parameters()],
-                                    lr=1e-2) for p in obj.phases}
+    opt = {
+        p.name: torch.optim.Adam(
+            [q for m in p.modules for q in getattr(obj, m).parameters()], lr=1e-2
+        )
+        for p in obj.phases
+    }
     for _ in range(2):
         obj.prepare(batch())
         for phase in obj.phases:
@@ -190,12 +212,17 @@ def test_ema_follows_the_formula():
         assert torch.allclose(obj.G_ema.state_dict()[k], expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("ema", 1.0, "ema must be in"), ("lr_d", 0.0, "lr_d must be"),
-    ("diffaugment", ("flip",), "diffaugment policies"),
-    ("residual", True, "residual needs"), ("positional", 3, "positional needs"),
-    ("positional", -1, "positional"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("ema", 1.0, "ema must be in"),
+        ("lr_d", 0.0, "lr_d must be"),
+        ("diffaugment", ("flip",), "diffaugment policies"),
+        ("residual", True, "residual needs"),
+        ("positional", 3, "positional needs"),
+        ("positional", -1, "positional"),
+    ],
+)
 def test_fast_recipe_levers_are_validated(field, value, message):
     extra = {"netG": "stylegan2"} if field in ("residual", "positional") and value != -1 else {}
     with pytest.raises(ValueError, match=message):
@@ -204,8 +231,10 @@ def test_fast_recipe_levers_are_validated(field, value, message):
 
 def test_projected_discriminator_trains_its_heads_only_and_is_not_saved():
     torch.manual_seed(0)
-    obj = UnpairedObjective(tiny("cut", netD="projected", vgg_source="random",
-                                 diffaugment=("translation",)), crop_size=32)
+    obj = UnpairedObjective(
+        tiny("cut", netD="projected", vgg_source="random", diffaugment=("translation",)),
+        crop_size=32,
+    )
     vgg_before = {k: v.clone() for k, v in obj.D.vgg.state_dict().items()}
     head = obj.D.heads[0][0].weight_orig
     head_before = head.detach().clone()
@@ -226,9 +255,10 @@ def test_projected_discriminator_trains_its_heads_only_and_is_not_saved():
     assert any(k.startswith("D.heads.") for k in obj.state_dict())
     logits = obj.D(batch()["A"])
     assert logits.shape == (2, 16 * 16 + 8 * 8)  # relu2_2 and relu3_2 maps of a 32 px image
-    inference = UnpairedObjective(tiny("cut", netD="projected", vgg_source="torchvision",
-                                       vgg_weights="/nonexistent.pth"), crop_size=32,
-                                  inference=True)  # translation needs no VGG weights
+    inference = UnpairedObjective(
+        tiny("cut", netD="projected", vgg_source="torchvision", vgg_weights="/nonexistent.pth"),
+        crop_size=32,
+        inference=True,
+    )  # translation needs no VGG weights
     assert not hasattr(inference, "D")
-    inference.load_state_dict({k: v for k, v in obj.state_dict().items()
-                               if not k.startswith("D.")})
+    inference.load_state_dict({k: v for k, v in obj.state_dict().items() if not k.startswith("D.")})

@@ -23,16 +23,29 @@ from tqdm import tqdm
 CYCLEGAN_URL = "https://efrosgans.eecs.berkeley.edu/cyclegan/datasets/{name}.zip"
 PIX2PIX_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/{name}.tar.gz"
 
-UNPAIRED = ("horse2zebra", "summer2winter_yosemite", "apple2orange", "monet2photo",
-            "cezanne2photo", "ukiyoe2photo", "vangogh2photo", "maps", "facades",
-            "iphone2dslr_flower", "grumpifycat", "mini")
+UNPAIRED = (
+    "horse2zebra",
+    "summer2winter_yosemite",
+    "apple2orange",
+    "monet2photo",
+    "cezanne2photo",
+    "ukiyoe2photo",
+    "vangogh2photo",
+    "maps",
+    "facades",
+    "iphone2dslr_flower",
+    "grumpifycat",
+    "mini",
+)
 PAIRED = ("facades", "maps", "night2day", "edges2handbags", "edges2shoes")
 
 # name -> URL; "<name>_pix2pix" for the side-by-side paired archives of a name in both lists.
 DATASETS: dict[str, str] = {
     **{name: CYCLEGAN_URL.format(name=name) for name in UNPAIRED},
-    **{(f"{name}_pix2pix" if name in UNPAIRED else name): PIX2PIX_URL.format(name=name)
-       for name in PAIRED},
+    **{
+        (f"{name}_pix2pix" if name in UNPAIRED else name): PIX2PIX_URL.format(name=name)
+        for name in PAIRED
+    },
 }
 
 _CHUNK = 1 << 20
@@ -49,9 +62,15 @@ class DownloadResult:
     resumed_from: int  # bytes already on disk when this call started
 
 
-def download_dataset(name: str, root: str | Path = "datasets", *, url: str | None = None,
-                     timeout: float = 30.0, progress: bool = True,
-                     keep_archive: bool = False) -> DownloadResult:
+def download_dataset(
+    name: str,
+    root: str | Path = "datasets",
+    *,
+    url: str | None = None,
+    timeout: float = 30.0,
+    progress: bool = True,
+    keep_archive: bool = False,
+) -> DownloadResult:
     """Download, verify and extract dataset ``name`` into ``root/<name>``.
 
     ``url`` overrides the standard address (mirrors, tests). Interrupted downloads resume from
@@ -102,10 +121,17 @@ def _fetch(url: str, part: Path, *, timeout: float, progress: bool) -> None:
             have = 0
         total = response.headers.get("Content-Length")
         total = int(total) + have if total is not None else None
-        with open(part, "ab" if have else "wb") as out, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, disable=not progress,
-            desc=part.name.removesuffix(".part"),
-        ) as bar:
+        with (
+            open(part, "ab" if have else "wb") as out,
+            tqdm(
+                total=total,
+                initial=have,
+                unit="B",
+                unit_scale=True,
+                disable=not progress,
+                desc=part.name.removesuffix(".part"),
+            ) as bar,
+        ):
             try:
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
@@ -116,8 +142,10 @@ def _fetch(url: str, part: Path, *, timeout: float, progress: bool) -> None:
                     f"resume from {out.tell()} bytes"
                 ) from None
     if total is not None and part.stat().st_size != total:
-        raise DownloadError(f"download of {url} is incomplete ({part.stat().st_size} of {total} "
-                            f"bytes); run the same command again to resume")
+        raise DownloadError(
+            f"download of {url} is incomplete ({part.stat().st_size} of {total} "
+            f"bytes); run the same command again to resume"
+        )
 
 
 def _verify(path: Path, name: str) -> None:
@@ -136,8 +164,10 @@ def _verify(path: Path, name: str) -> None:
                             shutil.copyfileobj(f, _Sink())
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as err:
         path.unlink(missing_ok=True)
-        raise DownloadError(f"the downloaded archive is damaged ({err}); it was deleted, run "
-                            f"the command again to download it afresh") from None
+        raise DownloadError(
+            f"the downloaded archive is damaged ({err}); it was deleted, run "
+            f"the command again to download it afresh"
+        ) from None
 
 
 class _Sink:

@@ -34,9 +34,11 @@ def list_images(folder: str | Path) -> list[Path]:
     accepted = ", ".join(IMAGE_EXTENSIONS)
     if not folder.is_dir():
         raise ValueError(f"image folder {folder} does not exist (expected {accepted} files in it)")
-    paths = sorted(p for p in folder.iterdir()
-                   if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-                   and p.is_file())
+    paths = sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+    )
     if not paths:
         raise ValueError(f"no images in {folder}; accepted extensions: {accepted}")
     return paths
@@ -62,11 +64,13 @@ def check_images(paths: Sequence[Path], on_bad: OnBad = "error") -> list[Path]:
         else:
             good.append(Path(path))
     if bad and on_bad == "error":
-        raise ValueError(f"{len(bad)} unreadable image file(s):\n" + "\n".join(bad)
-                         + "\nremove or replace them, or pass on_bad='skip' to leave them out")
+        raise ValueError(
+            f"{len(bad)} unreadable image file(s):\n"
+            + "\n".join(bad)
+            + "\nremove or replace them, or pass on_bad='skip' to leave them out"
+        )
     if bad:
-        warnings.warn(f"skipping {len(bad)} unreadable image file(s), e.g.\n{bad[0]}",
-                      stacklevel=2)
+        warnings.warn(f"skipping {len(bad)} unreadable image file(s), e.g.\n{bad[0]}", stacklevel=2)
     return good
 
 
@@ -75,8 +79,9 @@ class UnreadableImageError(ValueError):
     decoder's reason."""
 
     def __init__(self, path: str | Path, problem: str):
-        super().__init__(f"{path} is not a readable image ({problem}); expected an image file "
-                         "(PNG, JPEG, ...)")
+        super().__init__(
+            f"{path} is not a readable image ({problem}); expected an image file (PNG, JPEG, ...)"
+        )
         self.path, self.problem = path, problem
 
 
@@ -95,8 +100,11 @@ def open_image(path: str | Path) -> Image.Image:
             image.close()
         if isinstance(err, OSError) and err.errno is not None:
             raise
-        problem = "of no image format known to PIL" if isinstance(
-            err, UnidentifiedImageError) else (str(err) or type(err).__name__).splitlines()[0]
+        problem = (
+            "of no image format known to PIL"
+            if isinstance(err, UnidentifiedImageError)
+            else (str(err) or type(err).__name__).splitlines()[0]
+        )
         raise UnreadableImageError(path, problem) from None
     return image
 
@@ -165,8 +173,9 @@ class ResizeAndCrop:
         flip = self.flip and bool(torch.rand((), generator=generator) < 0.5)
         return CropParams(top, left, flip)
 
-    def __call__(self, image: Image.Image, generator: torch.Generator | None = None
-                 ) -> torch.Tensor:
+    def __call__(
+        self, image: Image.Image, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         return self.apply(image, self.sample(generator))
 
     def apply(self, image: Image.Image, params: CropParams) -> torch.Tensor:
@@ -183,8 +192,10 @@ class ResizeAndCrop:
         ``apply``'s output; nearest resampling, so only ids present in ``label`` come out."""
         ids = np.asarray(label)  # P gives palette indices, I;16 gives uint16: the ids themselves
         if ids.ndim != 2:
-            raise ValueError(f"label must be a single-channel image of class ids (mode L, P, I or "
-                             f"I;16), got mode {label.mode}")
+            raise ValueError(
+                f"label must be a single-channel image of class ids (mode L, P, I or "
+                f"I;16), got mode {label.mode}"
+            )
         # As 32-bit "I": one mode that PIL resizes for any id range.
         as_int = Image.fromarray(ids.astype(np.int32))
         return self._geometry(as_int, params, Image.Resampling.NEAREST).long()
@@ -194,12 +205,11 @@ class ResizeAndCrop:
         x = pil_to_tensor(image.resize((w, h), resample))  # uint8 (C, h, w)
         if self.train:
             ch, cw = self.crop_size
-            x = x[:, params.top:params.top + ch, params.left:params.left + cw]
+            x = x[:, params.top : params.top + ch, params.left : params.left + cw]
         return x.flip(-1) if params.flip else x
 
 
-def build_transform(load_size: Size, crop_size: Size, *, train: bool, flip: bool
-                    ) -> ResizeAndCrop:
+def build_transform(load_size: Size, crop_size: Size, *, train: bool, flip: bool) -> ResizeAndCrop:
     """Validated :class:`ResizeAndCrop`; sizes are ints (square) or (H, W).
 
     ``crop_size`` sides must be multiples of 4 so the generator's two stride-2 stages give back
@@ -207,8 +217,10 @@ def build_transform(load_size: Size, crop_size: Size, *, train: bool, flip: bool
     """
     load, crop = parse_size(load_size, "load_size"), parse_size(crop_size, "crop_size")
     if crop[0] % 4 or crop[1] % 4:
-        raise ValueError(f"crop_size {crop} must have sides that are multiples of 4, e.g. "
-                         f"{(crop[0] // 4 * 4 or 4, crop[1] // 4 * 4 or 4)}")
+        raise ValueError(
+            f"crop_size {crop} must have sides that are multiples of 4, e.g. "
+            f"{(crop[0] // 4 * 4 or 4, crop[1] // 4 * 4 or 4)}"
+        )
     if train and (load[0] < crop[0] or load[1] < crop[1]):
         raise ValueError(f"load_size {load} is smaller than crop_size {crop}")
     return ResizeAndCrop(load, crop, train, flip)
@@ -235,8 +247,11 @@ def _find_masks(folder: Path, images: list[Path]) -> list[Path] | None:
         else:
             missing.append(image.name)
     if missing:
-        raise ValueError(f"{mask_dir} lacks masks for {len(missing)} image(s): "
-                         + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+        raise ValueError(
+            f"{mask_dir} lacks masks for {len(missing)} image(s): "
+            + ", ".join(missing[:10])
+            + (" ..." if len(missing) > 10 else "")
+        )
     return check_images(masks, "error")
 
 
@@ -246,8 +261,9 @@ class _MaskedFolders(Dataset):
     transform: ResizeAndCrop
     channels: Literal[1, 3]
 
-    def _load(self, item: dict, key: str, path: Path, mask: Path | None,
-              generator: torch.Generator | None) -> None:
+    def _load(
+        self, item: dict, key: str, path: Path, mask: Path | None, generator: torch.Generator | None
+    ) -> None:
         params = self.transform.sample(generator)
         item[key] = self.transform.apply(load_image(path, self.channels), params)
         item[f"{key}_path"] = str(path)
@@ -268,10 +284,20 @@ class UnalignedDataset(_MaskedFolders):
     unreadable images (masks must always be readable).
     """
 
-    def __init__(self, root: str | Path, phase: str = "train", *,
-                 direction: Literal["AtoB", "BtoA"] = "AtoB", load_size: Size = 286,
-                 crop_size: Size = 256, flip: bool = True, serial: bool | None = None,
-                 channels: Literal[1, 3] = 3, on_bad: OnBad = "error", seed: int = 0):
+    def __init__(
+        self,
+        root: str | Path,
+        phase: str = "train",
+        *,
+        direction: Literal["AtoB", "BtoA"] = "AtoB",
+        load_size: Size = 286,
+        crop_size: Size = 256,
+        flip: bool = True,
+        serial: bool | None = None,
+        channels: Literal[1, 3] = 3,
+        on_bad: OnBad = "error",
+        seed: int = 0,
+    ):
         root = Path(root)
         if not root.is_dir():
             raise ValueError(f"dataset root {root} does not exist")
@@ -330,8 +356,14 @@ class SingleFolderDataset(_MaskedFolders):
     ``<folder>_masks`` folder exists.
     """
 
-    def __init__(self, folder: str | Path, *, crop_size: Size = 256,
-                 channels: Literal[1, 3] = 3, on_bad: OnBad = "error"):
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        crop_size: Size = 256,
+        channels: Literal[1, 3] = 3,
+        on_bad: OnBad = "error",
+    ):
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
         folder = Path(folder)

@@ -34,14 +34,31 @@ Domain = Literal["A", "B"]
 TEST_OFFSET = 1_000_000
 _DOMAIN_CODE = {"A": 0, "B": 1}
 # Coat colours of the "horses": browns and greys (RGB).
-_COATS = np.array([[150, 90, 50], [115, 65, 35], [80, 52, 35], [175, 135, 90],
-                   [130, 125, 120], [95, 92, 90], [185, 180, 172]], dtype=np.float32)
+_COATS = np.array(
+    [
+        [150, 90, 50],
+        [115, 65, 35],
+        [80, 52, 35],
+        [175, 135, 90],
+        [130, 125, 120],
+        [95, 92, 90],
+        [185, 180, 172],
+    ],
+    dtype=np.float32,
+)
 _PART_SHADE = {"far_leg": 0.8, "tail": 0.55, "ear": 0.85}  # plain coat brightness per part
 # Bump when the rendering changes, so that caches of rendered datasets are not reused.
 RENDER_VERSION = 2
 MIN_STRIPE_PERIOD = 4.0
-_PART_PERIOD = {"body": 1.0, "neck": 0.85, "head": 0.6, "leg": 0.6, "far_leg": 0.6,
-                "tail": 0.5, "ear": 0.5}  # zebra stripe period relative to the body's
+_PART_PERIOD = {
+    "body": 1.0,
+    "neck": 0.85,
+    "head": 0.6,
+    "leg": 0.6,
+    "far_leg": 0.6,
+    "tail": 0.5,
+    "ear": 0.5,
+}  # zebra stripe period relative to the body's
 
 
 class _Look(NamedTuple):
@@ -81,12 +98,27 @@ def _animal(rng: np.random.Generator, cx: float, cy: float, scale: float) -> lis
         for kind, dx, s in (("far_leg", 0.08, -swing), ("leg", -0.04, swing)):
             s *= sign
             ax, ay = x_attach + dx, 0.6 * h
-            parts.append((kind, ax + 0.5 * leg_len * math.sin(s), ay + 0.5 * leg_len * math.cos(s),
-                          0.5 * leg_len + leg_w, leg_w, math.pi / 2 - s))
+            parts.append(
+                (
+                    kind,
+                    ax + 0.5 * leg_len * math.sin(s),
+                    ay + 0.5 * leg_len * math.cos(s),
+                    0.5 * leg_len + leg_w,
+                    leg_w,
+                    math.pi / 2 - s,
+                )
+            )
     tail_angle, tail_len = rng.uniform(1.8, 2.4), rng.uniform(0.6, 0.8)
-    parts.append(("tail", -0.95 + 0.5 * tail_len * math.cos(tail_angle),
-                  -0.3 * h + 0.5 * tail_len * math.sin(tail_angle), 0.5 * tail_len,
-                  rng.uniform(0.06, 0.09), tail_angle))
+    parts.append(
+        (
+            "tail",
+            -0.95 + 0.5 * tail_len * math.cos(tail_angle),
+            -0.3 * h + 0.5 * tail_len * math.sin(tail_angle),
+            0.5 * tail_len,
+            rng.uniform(0.06, 0.09),
+            tail_angle,
+        )
+    )
     parts.append(("body", 0.0, 0.0, 1.0, h, 0.0))
     # Neck up-forward (head raised) or down-forward (grazing); the head hangs from its end.
     grazing = rng.random() < 0.25
@@ -94,12 +126,21 @@ def _animal(rng: np.random.Generator, cx: float, cy: float, scale: float) -> lis
     neck_len, neck_w = rng.uniform(0.55, 0.75), rng.uniform(0.16, 0.22)
     bx, by = 0.75, -0.35 * h
     ex, ey = bx + neck_len * math.cos(neck_angle), by + neck_len * math.sin(neck_angle)
-    parts.append(("neck", (bx + ex) / 2, (by + ey) / 2, 0.5 * neck_len + neck_w, neck_w,
-                  neck_angle))
+    parts.append(
+        ("neck", (bx + ex) / 2, (by + ey) / 2, 0.5 * neck_len + neck_w, neck_w, neck_angle)
+    )
     head_angle = rng.uniform(1.2, 1.5) if grazing else rng.uniform(0.5, 1.2)
     head_a, head_b = rng.uniform(0.28, 0.35), rng.uniform(0.12, 0.15)
-    parts.append(("head", ex + 0.7 * head_a * math.cos(head_angle),
-                  ey + 0.7 * head_a * math.sin(head_angle), head_a, head_b, head_angle))
+    parts.append(
+        (
+            "head",
+            ex + 0.7 * head_a * math.cos(head_angle),
+            ey + 0.7 * head_a * math.sin(head_angle),
+            head_a,
+            head_b,
+            head_angle,
+        )
+    )
     parts.append(("ear", ex - 0.04, ey - 0.12, 0.09, 0.035, -1.35))
 
     mirror = -1.0 if rng.random() < 0.5 else 1.0
@@ -110,8 +151,16 @@ def _animal(rng: np.random.Generator, cx: float, cy: float, scale: float) -> lis
         x, angle = mirror * x, (angle if mirror > 0 else math.pi - angle)
         # Semi-axes of at least a pixel: the body then covers the pixel at its centre, so even
         # tiny images get a non-empty mask.
-        out.append(_Part(kind, cx + scale * (c * x - s * y), cy + scale * (s * x + c * y),
-                         max(scale * a, 1.0), max(scale * b, 1.0), angle + tilt))
+        out.append(
+            _Part(
+                kind,
+                cx + scale * (c * x - s * y),
+                cy + scale * (s * x + c * y),
+                max(scale * a, 1.0),
+                max(scale * b, 1.0),
+                angle + tilt,
+            )
+        )
     return out
 
 
@@ -189,8 +238,9 @@ def _coat(rng: np.random.Generator, domain: Domain, part: _Part, look: _Look) ->
     return fill
 
 
-def render_sample(domain: Domain, index: int, *, size: int | tuple[int, int] = (256, 256),
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def render_sample(
+    domain: Domain, index: int, *, size: int | tuple[int, int] = (256, 256), seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Render image ``index`` of ``domain``: (uint8 (H, W, 3) image, bool (H, W) object mask).
 
     The result depends only on (domain, index, size, seed). Example::
@@ -211,10 +261,13 @@ def render_sample(domain: Domain, index: int, *, size: int | tuple[int, int] = (
     slots = [(0.25, 0.75)] if n_animals == 1 else [(0.2, 0.45), (0.55, 0.8)]
     animals = [(rng.uniform(*slot) * w, rng.uniform(0.4, 0.6) * h) for slot in slots]
     for cx, cy in sorted(animals, key=lambda p: p[1]):  # the lower animal is nearer: drawn last
-        scale = s * rng.uniform(0.16, 0.24) / n_animals ** 0.3
-        look = _Look(coat=_COATS[rng.integers(len(_COATS))] + rng.uniform(-12, 12, 3),
-                     period=scale * rng.uniform(0.12, 0.2),
-                     black=rng.uniform(15, 45), white=rng.uniform(215, 245))
+        scale = s * rng.uniform(0.16, 0.24) / n_animals**0.3
+        look = _Look(
+            coat=_COATS[rng.integers(len(_COATS))] + rng.uniform(-12, 12, 3),
+            period=scale * rng.uniform(0.12, 0.2),
+            black=rng.uniform(15, 45),
+            white=rng.uniform(215, 245),
+        )
         for part in _animal(rng, cx, cy, scale):
             _paint(image, mask, part, _coat(rng, domain, part, look))
     image += rng.standard_normal((h, w, 3), np.float32) * 4  # sensor-like noise
@@ -223,8 +276,10 @@ def render_sample(domain: Domain, index: int, *, size: int | tuple[int, int] = (
 
 def _check_counts(n_train: int, n_test: int) -> None:
     if not 0 < n_train <= TEST_OFFSET or n_test <= 0:
-        raise ValueError(f"need 0 < n_train <= {TEST_OFFSET} and n_test > 0, "
-                         f"got n_train={n_train}, n_test={n_test}")
+        raise ValueError(
+            f"need 0 < n_train <= {TEST_OFFSET} and n_test > 0, "
+            f"got n_train={n_train}, n_test={n_test}"
+        )
 
 
 def _split_index(split: str, i: int) -> int:
@@ -241,9 +296,17 @@ class GeneratedUnpaired(Dataset):
     ``direction="BtoA"`` swaps the domains (A = zebras).
     """
 
-    def __init__(self, split: Literal["train", "test"] = "train", *, n_train: int = 200,
-                 n_test: int = 50, size: int | tuple[int, int] = (256, 256), seed: int = 0,
-                 direction: Literal["AtoB", "BtoA"] = "AtoB", serial: bool | None = None):
+    def __init__(
+        self,
+        split: Literal["train", "test"] = "train",
+        *,
+        n_train: int = 200,
+        n_test: int = 50,
+        size: int | tuple[int, int] = (256, 256),
+        seed: int = 0,
+        direction: Literal["AtoB", "BtoA"] = "AtoB",
+        serial: bool | None = None,
+    ):
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         _check_counts(n_train, n_test)
@@ -269,8 +332,9 @@ class GeneratedUnpaired(Dataset):
         b_index = index if self.serial else int(torch.randint(self.n, (1,), generator=g))
         item: dict[str, torch.Tensor | str] = {}
         for key, domain, i in (("A", self.domains[0], index), ("B", self.domains[1], b_index)):
-            image, mask = render_sample(domain, _split_index(self.split, i), size=self.size,
-                                        seed=self.seed)
+            image, mask = render_sample(
+                domain, _split_index(self.split, i), size=self.size, seed=self.seed
+            )
             # uint8 (H, W, 3) -> float (3, H, W) in [-1, 1], as ToTensor + Normalize(0.5, 0.5)
             item[key] = torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1
             item[f"{key}_mask"] = torch.from_numpy(mask)[None]
@@ -278,14 +342,16 @@ class GeneratedUnpaired(Dataset):
         return item
 
 
-def _claim_root(root: Path, settings: dict, manifest: str = "generated.json",
-                what: str = "generated dataset") -> None:
+def _claim_root(
+    root: Path, settings: dict, manifest: str = "generated.json", what: str = "generated dataset"
+) -> None:
     """Create ``root`` and record ``settings`` in ``root/manifest``; a root already holding data
     made with other settings is an error rather than a silent mix of two datasets."""
     path = root / manifest
     if path.exists() and json.loads(path.read_text()) != settings:
-        raise ValueError(f"{root} holds a {what} made with {path.read_text()}, not {settings}; "
-                         f"use another root")
+        raise ValueError(
+            f"{root} holds a {what} made with {path.read_text()}, not {settings}; use another root"
+        )
     root.mkdir(parents=True, exist_ok=True)
     tmp = _private_tmp(path)
     tmp.write_text(json.dumps(settings))
@@ -307,9 +373,15 @@ def _private_tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def write_generated_dataset(root: str | Path, *, n_train: int = 200, n_test: int = 50,
-                            size: int | tuple[int, int] = (256, 256), seed: int = 0,
-                            progress: bool = True) -> Path:
+def write_generated_dataset(
+    root: str | Path,
+    *,
+    n_train: int = 200,
+    n_test: int = 50,
+    size: int | tuple[int, int] = (256, 256),
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
     """Write the generated set in the CycleGAN layout and return ``root``.
 
     Layout: ``root/{trainA,trainB,testA,testB}/NNNNNN.png`` with masks (0/255 greyscale PNGs of the
@@ -322,8 +394,12 @@ def write_generated_dataset(root: str | Path, *, n_train: int = 200, n_test: int
     _check_counts(n_train, n_test)
     settings = {"seed": seed, "size": [h, w], "render_version": RENDER_VERSION}
     _claim_root(root, settings)
-    jobs = [(split, domain, i) for split, n in (("train", n_train), ("test", n_test))
-            for domain in ("A", "B") for i in range(n)]
+    jobs = [
+        (split, domain, i)
+        for split, n in (("train", n_train), ("test", n_test))
+        for domain in ("A", "B")
+        for i in range(n)
+    ]
     for split, domain, i in tqdm(jobs, desc=f"generating {root}", disable=not progress):
         name = f"{i:06d}.png"
         image_path = root / f"{split}{domain}" / name

@@ -33,28 +33,33 @@ PAIRED_RENDER_VERSION = 1
 _STREAM = 2  # second entry of the seed sequence (unpaired A/B use 0/1)
 
 # (base colour, second colour) per class; a texture weight t in [0, 1] mixes them.
-_COLOURS = np.array([
-    [[120, 170, 230], [215, 230, 250]],  # sky: blue -> white clouds
-    [[170, 60, 40], [205, 195, 185]],  # brick: red bricks, light mortar
-    [[40, 110, 30], [120, 185, 60]],  # grass: dark and light blades
-    [[20, 60, 140], [90, 170, 210]],  # water: deep blue, light wave crests
-    [[205, 175, 115], [140, 110, 65]],  # sand: tan, dark speckles
-    [[140, 85, 40], [75, 40, 20]],  # wood: brown, dark grain
-    [[105, 110, 120], [225, 228, 235]],  # metal: grey, bright sheen
-    [[150, 40, 120], [250, 180, 225]],  # flowers: magenta, pink dots
-], dtype=np.float32)
+_COLOURS = np.array(
+    [
+        [[120, 170, 230], [215, 230, 250]],  # sky: blue -> white clouds
+        [[170, 60, 40], [205, 195, 185]],  # brick: red bricks, light mortar
+        [[40, 110, 30], [120, 185, 60]],  # grass: dark and light blades
+        [[20, 60, 140], [90, 170, 210]],  # water: deep blue, light wave crests
+        [[205, 175, 115], [140, 110, 65]],  # sand: tan, dark speckles
+        [[140, 85, 40], [75, 40, 20]],  # wood: brown, dark grain
+        [[105, 110, 120], [225, 228, 235]],  # metal: grey, bright sheen
+        [[150, 40, 120], [250, 180, 225]],  # flowers: magenta, pink dots
+    ],
+    dtype=np.float32,
+)
 
 Texture = Callable[[np.random.Generator, np.ndarray, np.ndarray, float], np.ndarray]
 
 
-def _upsampled_noise(rng: np.random.Generator, cells: tuple[int, int], h: int, w: int
-                     ) -> np.ndarray:
+def _upsampled_noise(
+    rng: np.random.Generator, cells: tuple[int, int], h: int, w: int
+) -> np.ndarray:
     """Smooth noise (h, w): a (gh, gw) Gaussian grid, bilinearly interpolated."""
     return _upsample(rng.standard_normal(cells).astype(np.float32), h, w)
 
 
-def _rotated(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, spread: float,
-             base: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def _rotated(
+    rng: np.random.Generator, x: np.ndarray, y: np.ndarray, spread: float, base: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Coordinates turned by ``base`` + U(-spread, spread) radians: (along, across)."""
     a = base + rng.uniform(-spread, spread)
     return x * math.cos(a) + y * math.sin(a), y * math.cos(a) - x * math.sin(a)
@@ -63,6 +68,7 @@ def _rotated(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, spread: flo
 # Textures: (rng, x, y, s) -> weight of the second colour, (H, W) in [0, 1]. x, y are pixel
 # coordinates (H, W) and s = pixels per unit of a 64-px image, so periods are given at 64 px
 # (all >= 4 px there: finer patterns alias and a small generator cannot learn them).
+
 
 def _sky(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, s: float) -> np.ndarray:
     h, w = x.shape
@@ -130,8 +136,11 @@ def _hue_rotation(angle: float) -> np.ndarray:
     """3x3 rotation about the grey axis (1, 1, 1)/sqrt(3) (Rodrigues): shifts hue, keeps grey."""
     n = np.full(3, 1 / math.sqrt(3))
     cross = np.array([[0, -n[2], n[1]], [n[2], 0, -n[0]], [-n[1], n[0], 0]])
-    return (math.cos(angle) * np.eye(3) + math.sin(angle) * cross
-            + (1 - math.cos(angle)) * np.outer(n, n)).astype(np.float32)
+    return (
+        math.cos(angle) * np.eye(3)
+        + math.sin(angle) * cross
+        + (1 - math.cos(angle)) * np.outer(n, n)
+    ).astype(np.float32)
 
 
 def _label_map(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -141,16 +150,28 @@ def _label_map(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> np.nda
     label = np.zeros((h, w), np.uint8)
     if rng.random() < 0.7:
         ground = rng.choice([2, 3, 4])  # grass, water or sand
-        horizon = (rng.uniform(0.45, 0.75)
-                   + 0.05 * np.sin(2 * math.pi * rng.uniform(0.5, 2) * u + rng.uniform(0, 6.3)))
+        horizon = rng.uniform(0.45, 0.75) + 0.05 * np.sin(
+            2 * math.pi * rng.uniform(0.5, 2) * u + rng.uniform(0, 6.3)
+        )
         label[v > horizon] = ground
     shapes = []
     for _ in range(rng.integers(2, 6)):
         kind = rng.choice(["rect", "ellipse", "blob"])
         cx, cy = rng.uniform(0.1, 0.9, 2)
         ax, ay = rng.uniform(0.08, 0.3, 2)  # half sizes
-        shapes.append((ax * ay, kind, cx, cy, ax, ay, int(rng.integers(1, GENERATED_LABEL_NC)),
-                       rng.uniform(0, math.pi), rng.uniform(0, 2 * math.pi, 3)))
+        shapes.append(
+            (
+                ax * ay,
+                kind,
+                cx,
+                cy,
+                ax,
+                ay,
+                int(rng.integers(1, GENERATED_LABEL_NC)),
+                rng.uniform(0, math.pi),
+                rng.uniform(0, 2 * math.pi, 3),
+            )
+        )
     for _, kind, cx, cy, ax, ay, cls, angle, phases in sorted(shapes, key=lambda p: -p[0]):
         du, dv = u - cx, v - cy
         if kind == "rect":
@@ -167,8 +188,9 @@ def _label_map(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> np.nda
     return label
 
 
-def render_paired_sample(index: int, *, size: int | tuple[int, int] = 256, seed: int = 0
-                         ) -> tuple[np.ndarray, np.ndarray]:
+def render_paired_sample(
+    index: int, *, size: int | tuple[int, int] = 256, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Render pair ``index``: (label uint8 (H, W) in [0, GENERATED_LABEL_NC), image uint8
     (H, W, 3)). Class names are :data:`GENERATED_CLASSES`.
 
@@ -196,15 +218,21 @@ def render_paired_sample(index: int, *, size: int | tuple[int, int] = 256, seed:
             image[mask] = colours[0] * (1 - t) + colours[1] * t
     # Soft light from a random direction: +-gain/2 brightness across the image.
     light = rng.uniform(0, 2 * math.pi)
-    ramp = ((x / w - 0.5) * math.cos(light) + (y / h - 0.5) * math.sin(light))
+    ramp = (x / w - 0.5) * math.cos(light) + (y / h - 0.5) * math.sin(light)
     image *= (1 + rng.uniform(0.1, 0.35) * ramp)[..., None]
     image += rng.standard_normal((h, w, 3), dtype=np.float32) * 3  # sensor-like noise
     return label, np.clip(image, 0, 255).round().astype(np.uint8)
 
 
-def write_generated_paired(root: str | Path, *, n_train: int = 200, n_test: int = 50,
-                           size: int | tuple[int, int] = 256, seed: int = 0,
-                           progress: bool = True) -> Path:
+def write_generated_paired(
+    root: str | Path,
+    *,
+    n_train: int = 200,
+    n_test: int = 50,
+    size: int | tuple[int, int] = 256,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
     """Write the generated pairs in the "folders" layout of :class:`PairedDataset`; return root.
 
     Layout: ``root/{train,test}_label/NNNNNN.png`` (greyscale class ids) and
@@ -217,8 +245,13 @@ def write_generated_paired(root: str | Path, *, n_train: int = 200, n_test: int 
     root = Path(root)
     h, w = parse_size(size, "size")
     _check_counts(n_train, n_test)
-    settings = {"kind": "paired", "seed": seed, "size": [h, w],
-                "render_version": PAIRED_RENDER_VERSION, "label_nc": GENERATED_LABEL_NC}
+    settings = {
+        "kind": "paired",
+        "seed": seed,
+        "size": [h, w],
+        "render_version": PAIRED_RENDER_VERSION,
+        "label_nc": GENERATED_LABEL_NC,
+    }
     _claim_root(root, settings)
     jobs = [(split, i) for split, n in (("train", n_train), ("test", n_test)) for i in range(n)]
     for split, i in tqdm(jobs, desc=f"generating {root}", disable=not progress):

@@ -34,8 +34,20 @@ Side = Literal["left", "right"]
 RGB = tuple[int, int, int]
 
 # CMP Facade classes in label order (Tyleček & Šára 2013); index = class id here (CMP id - 1).
-FACADES_CLASSES = ("background", "facade", "window", "door", "cornice", "sill", "balcony",
-                   "blind", "deco", "molding", "pillar", "shop")
+FACADES_CLASSES = (
+    "background",
+    "facade",
+    "window",
+    "door",
+    "cornice",
+    "sill",
+    "balcony",
+    "blind",
+    "deco",
+    "molding",
+    "pillar",
+    "shop",
+)
 
 # Colours of the 12 classes in the pix2pix facades label renders (a jet-like colour map).
 # Measured on the 400 training pairs: pixels whose 5x5 neighbourhood varies by < 12 in every
@@ -55,8 +67,19 @@ FACADES_CLASSES = ("background", "facade", "window", "door", "cornice", "sill", 
 # balcony, molding); 7 comes as narrow vertical strips beside windows (blind). Sure for background,
 # facade, window, door, pillar and shop; likely but less certain for the rest.
 FACADES_PALETTE: tuple[RGB, ...] = (
-    (0, 0, 222), (0, 48, 255), (0, 128, 255), (0, 207, 255), (32, 255, 224), (112, 255, 142),
-    (192, 255, 63), (255, 240, 0), (255, 159, 0), (255, 80, 0), (255, 0, 0), (174, 0, 0))
+    (0, 0, 222),
+    (0, 48, 255),
+    (0, 128, 255),
+    (0, 207, 255),
+    (32, 255, 224),
+    (112, 255, 142),
+    (192, 255, 63),
+    (255, 240, 0),
+    (255, 159, 0),
+    (255, 80, 0),
+    (255, 0, 0),
+    (174, 0, 0),
+)
 
 PALETTES: dict[str, tuple[RGB, ...]] = {"facades": FACADES_PALETTE}
 # Pixels farther than this (RGB distance) from every palette colour are class-boundary blends.
@@ -67,19 +90,28 @@ def resolve_palette(palette: Sequence[RGB] | str) -> np.ndarray:
     """A palette name from :data:`PALETTES` or a list of RGB colours -> int32 (K, 3)."""
     if isinstance(palette, str):
         if palette not in PALETTES:
-            raise ValueError(f"palette must be one of {sorted(PALETTES)} or a list of RGB "
-                             f"colours, got {palette!r}")
+            raise ValueError(
+                f"palette must be one of {sorted(PALETTES)} or a list of RGB "
+                f"colours, got {palette!r}"
+            )
         palette = PALETTES[palette]
     colours = np.asarray(palette)
-    if (colours.ndim != 2 or colours.shape[1] != 3 or len(colours) == 0
-            or colours.min() < 0 or colours.max() > 255):
-        raise ValueError(f"palette must be a non-empty list of (R, G, B) colours in 0..255, "
-                         f"got {palette!r}")
+    if (
+        colours.ndim != 2
+        or colours.shape[1] != 3
+        or len(colours) == 0
+        or colours.min() < 0
+        or colours.max() > 255
+    ):
+        raise ValueError(
+            f"palette must be a non-empty list of (R, G, B) colours in 0..255, got {palette!r}"
+        )
     return colours.astype(np.int32)
 
 
-def colours_to_labels(rgb: np.ndarray, palette: np.ndarray, *,
-                      snap_distance: float | None = SNAP_DISTANCE) -> np.ndarray:
+def colours_to_labels(
+    rgb: np.ndarray, palette: np.ndarray, *, snap_distance: float | None = SNAP_DISTANCE
+) -> np.ndarray:
     """Colour-coded label map uint8 (H, W, 3) -> int64 (H, W) class ids.
 
     Step 1, nearest colour: id = argmin_k ||rgb - palette[k]|| (Euclidean RGB; ties -> lower id).
@@ -95,18 +127,22 @@ def colours_to_labels(rgb: np.ndarray, palette: np.ndarray, *,
     # ||x - p||^2 = ||x||^2 - 2 x.p + ||p||^2 and ||x||^2 is the same for every k, so compare
     # ||p||^2 - 2 x.p (H*W, K): exact integers (|value| < 2^19), hence the same ties, and an
     # integer matmul, 4x faster than the broadcast difference and free of BLAS threads.
-    score = (palette ** 2).sum(1) - 2 * (pixels @ palette.T)
+    score = (palette**2).sum(1) - 2 * (pixels @ palette.T)
     ids = score.argmin(1).reshape(rgb.shape[:2])
     if snap_distance is None:
         return ids
-    dist2 = (score.min(1) + (pixels ** 2).sum(1)).reshape(ids.shape)  # squared distance (H, W)
-    trusted = dist2 <= snap_distance ** 2
+    dist2 = (score.min(1) + (pixels**2).sum(1)).reshape(ids.shape)  # squared distance (H, W)
+    trusted = dist2 <= snap_distance**2
     if trusted.all() or not trusted.any():
         return ids
     classes = np.unique(ids[trusted])
     # (C, H, W) share of trusted pixels of each present class in the 5x5 window
-    votes = np.stack([uniform_filter(((ids == c) & trusted).astype(np.float32), 5, mode="nearest")
-                      for c in classes])
+    votes = np.stack(
+        [
+            uniform_filter(((ids == c) & trusted).astype(np.float32), 5, mode="nearest")
+            for c in classes
+        ]
+    )
     repair = ~trusted & (votes.max(0) > 0)
     ids[repair] = classes[votes.argmax(0)[repair]]
     return ids
@@ -129,8 +165,10 @@ def _pair_by_stem(label_dir: Path, image_dir: Path) -> tuple[list[Path], list[Pa
         by_stem: dict[str, Path] = {}
         for path in list_images(folder):
             if path.stem in by_stem:
-                raise ValueError(f"{folder} holds two files with stem {path.stem!r}: "
-                                 f"{by_stem[path.stem].name} and {path.name}")
+                raise ValueError(
+                    f"{folder} holds two files with stem {path.stem!r}: "
+                    f"{by_stem[path.stem].name} and {path.name}"
+                )
             by_stem[path.stem] = path
         sides[folder] = by_stem
     labels, images = sides[label_dir], sides[image_dir]
@@ -138,9 +176,11 @@ def _pair_by_stem(label_dir: Path, image_dir: Path) -> tuple[list[Path], list[Pa
     for folder, mine, other in ((label_dir, labels, images), (image_dir, images, labels)):
         lonely = sorted(set(mine) - set(other))
         if lonely:
-            problems.append(f"{len(lonely)} of {len(mine)} files in {folder} have no partner: "
-                            + ", ".join(mine[s].name for s in lonely[:10])
-                            + (" ..." if len(lonely) > 10 else ""))
+            problems.append(
+                f"{len(lonely)} of {len(mine)} files in {folder} have no partner: "
+                + ", ".join(mine[s].name for s in lonely[:10])
+                + (" ..." if len(lonely) > 10 else "")
+            )
     if problems:
         raise ValueError("labels and images must pair up by file stem; " + "; ".join(problems))
     stems = sorted(labels)
@@ -148,16 +188,20 @@ def _pair_by_stem(label_dir: Path, image_dir: Path) -> tuple[list[Path], list[Pa
 
 
 def _bad_label_message(bad: dict[Path, set[int]], allowed: str) -> str:
-    listed = "; ".join(p.name + " {" + ", ".join(map(str, sorted(v))) + "}"
-                       for p, v in list(bad.items())[:10])
+    listed = "; ".join(
+        p.name + " {" + ", ".join(map(str, sorted(v))) + "}" for p, v in list(bad.items())[:10]
+    )
     more = " ..." if len(bad) > 10 else ""
-    return (f"labels outside {allowed} in {len(bad)} file{'s' if len(bad) > 1 else ''}: "
-            f"{listed}{more} (in {next(iter(bad)).parent}); raise label_nc, or mark a value as "
-            f"'don't care' with dont_care=True, ignore_value=V")
+    return (
+        f"labels outside {allowed} in {len(bad)} file{'s' if len(bad) > 1 else ''}: "
+        f"{listed}{more} (in {next(iter(bad)).parent}); raise label_nc, or mark a value as "
+        f"'don't care' with dont_care=True, ignore_value=V"
+    )
 
 
-def remap_label_ids(raw: np.ndarray, label_nc: int, *, ignore_value: int | None = None,
-                    label_offset: int = 0) -> np.ndarray:
+def remap_label_ids(
+    raw: np.ndarray, label_nc: int, *, ignore_value: int | None = None, label_offset: int = 0
+) -> np.ndarray:
     """Raw label values (H, W) -> int64 class ids: ``raw - label_offset``, with the pixels whose
     raw value is ``ignore_value`` set to ``label_nc`` (the "don't care" class). ADE20K stores
     0 = unlabelled and 1..150 = classes; SPADE trains it as ``label_offset=1, ignore_value=0``."""
@@ -199,12 +243,26 @@ class PairedDataset(Dataset):
         PairedDataset("facades", "train", label_nc=12, layout="side_by_side", palette="facades")
     """
 
-    def __init__(self, root: str | Path, phase: str = "train", *, label_nc: int,
-                 layout: Layout = "folders", load_size: Size = 286, crop_size: Size = 256,
-                 train: bool = True, flip: bool = True, dont_care: bool = False,
-                 ignore_value: int | None = None, label_offset: int = 0,
-                 palette: Sequence[RGB] | str | None = None, photo_side: Side = "left",
-                 seed: int = 0, validate: bool = True, progress: bool = False):
+    def __init__(
+        self,
+        root: str | Path,
+        phase: str = "train",
+        *,
+        label_nc: int,
+        layout: Layout = "folders",
+        load_size: Size = 286,
+        crop_size: Size = 256,
+        train: bool = True,
+        flip: bool = True,
+        dont_care: bool = False,
+        ignore_value: int | None = None,
+        label_offset: int = 0,
+        palette: Sequence[RGB] | str | None = None,
+        photo_side: Side = "left",
+        seed: int = 0,
+        validate: bool = True,
+        progress: bool = False,
+    ):
         root = Path(root)
         if not root.is_dir():
             raise ValueError(f"dataset root {root} does not exist")
@@ -215,20 +273,28 @@ class PairedDataset(Dataset):
         if isinstance(label_nc, bool) or not isinstance(label_nc, int) or label_nc < 1:
             raise ValueError(f"label_nc must be a positive int, got {label_nc!r}")
         if ignore_value is not None and not dont_care:
-            raise ValueError(f"ignore_value={ignore_value} needs dont_care=True (its pixels "
-                             f"become the extra 'don't care' class {label_nc})")
+            raise ValueError(
+                f"ignore_value={ignore_value} needs dont_care=True (its pixels "
+                f"become the extra 'don't care' class {label_nc})"
+            )
         self.palette: np.ndarray | None = None
         if layout == "side_by_side":
             if palette is None:
-                raise ValueError("layout='side_by_side' needs palette= (a name from "
-                                 f"{sorted(PALETTES)} or a list of RGB colours)")
+                raise ValueError(
+                    "layout='side_by_side' needs palette= (a name from "
+                    f"{sorted(PALETTES)} or a list of RGB colours)"
+                )
             self.palette = resolve_palette(palette)
             if len(self.palette) != label_nc:
-                raise ValueError(f"palette has {len(self.palette)} colours but label_nc is "
-                                 f"{label_nc}; they must agree (one colour per class)")
+                raise ValueError(
+                    f"palette has {len(self.palette)} colours but label_nc is "
+                    f"{label_nc}; they must agree (one colour per class)"
+                )
         elif palette is not None:
-            raise ValueError("palette only applies to layout='side_by_side' (folders hold "
-                             "single-channel class-id labels)")
+            raise ValueError(
+                "palette only applies to layout='side_by_side' (folders hold "
+                "single-channel class-id labels)"
+            )
         if label_offset and layout != "folders":
             raise ValueError("label_offset applies to layout='folders' (stored class ids)")
         self.transform = build_transform(load_size, crop_size, train=train, flip=flip)
@@ -242,14 +308,18 @@ class PairedDataset(Dataset):
             label_dir, image_dir = root / f"{phase}_label", root / f"{phase}_img"
             missing = [str(d) for d in (label_dir, image_dir) if not d.is_dir()]
             if missing:
-                raise ValueError(f"layout='folders' expects {label_dir} and {image_dir}; "
-                                 f"missing: {', '.join(missing)}")
+                raise ValueError(
+                    f"layout='folders' expects {label_dir} and {image_dir}; "
+                    f"missing: {', '.join(missing)}"
+                )
             self.label_paths, self.image_paths = _pair_by_stem(label_dir, image_dir)
         else:
             folder = root / phase
             if not folder.is_dir():
-                raise ValueError(f"layout='side_by_side' expects the pair images in {folder}, "
-                                 "which does not exist")
+                raise ValueError(
+                    f"layout='side_by_side' expects the pair images in {folder}, "
+                    "which does not exist"
+                )
             self.image_paths = list_images(folder)
             self.label_paths = self.image_paths  # each file holds both halves
         if validate:
@@ -259,8 +329,9 @@ class PairedDataset(Dataset):
 
     def _label_ids(self, raw: np.ndarray) -> tuple[np.ndarray, set[int]]:
         """Raw values (H, W) -> (class ids, see :func:`remap_label_ids`; set of bad values)."""
-        ids = remap_label_ids(raw, self.label_nc, ignore_value=self.ignore_value,
-                              label_offset=self.label_offset)
+        ids = remap_label_ids(
+            raw, self.label_nc, ignore_value=self.ignore_value, label_offset=self.label_offset
+        )
         return ids, set(labels_outside(ids, self.label_nc, self.dont_care))
 
     def _read_label_file(self, path: Path) -> np.ndarray:
@@ -269,9 +340,11 @@ class PairedDataset(Dataset):
             raw = np.asarray(img)
             mode = img.mode
         if raw.ndim != 2:
-            raise ValueError(f"{path}: labels must be single-channel class ids (mode L, P, I or "
-                             f"I;16), got mode {mode}; colour-coded labels need "
-                             "layout='side_by_side' with a palette")
+            raise ValueError(
+                f"{path}: labels must be single-channel class ids (mode L, P, I or "
+                f"I;16), got mode {mode}; colour-coded labels need "
+                "layout='side_by_side' with a palette"
+            )
         return raw
 
     def _check_all_labels(self, progress: bool) -> None:
@@ -305,8 +378,9 @@ class PairedDataset(Dataset):
             raise
         # PIL raises many types for damaged files; name the file instead of a bare traceback.
         except Exception as err:
-            raise ValueError(f"cannot read {path} or its label: {type(err).__name__}: {err}"
-                             ) from err
+            raise ValueError(
+                f"cannot read {path} or its label: {type(err).__name__}: {err}"
+            ) from err
         return raw, photo
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
@@ -315,9 +389,10 @@ class PairedDataset(Dataset):
         raw, photo = self._load(index)
         ids, wrong = self._label_ids(raw)
         if wrong:
-            raise ValueError(_bad_label_message({self.label_paths[index]: wrong},
-                                                f"0..{self.top}"))
+            raise ValueError(_bad_label_message({self.label_paths[index]: wrong}, f"0..{self.top}"))
         params = self.transform.sample(item_generator(self.seed, self.epoch, index))
-        return {"label": self.transform.apply_label(Image.fromarray(ids.astype(np.int32)), params),
-                "image": self.transform.apply(photo, params),
-                "path": str(self.image_paths[index])}
+        return {
+            "label": self.transform.apply_label(Image.fromarray(ids.astype(np.int32)), params),
+            "image": self.transform.apply(photo, params),
+            "path": str(self.image_paths[index]),
+        }

@@ -66,8 +66,10 @@ def _resolve_image(path: str | Path, name: str) -> Path:
     if path.is_dir():
         images = list_images(path)
         if len(images) != 1:
-            raise ValueError(f"{name}: folder {path} must hold exactly one image for single-image "
-                             f"training, found {len(images)}")
+            raise ValueError(
+                f"{name}: folder {path} must hold exactly one image for single-image "
+                f"training, found {len(images)}"
+            )
         path = images[0]
     if not path.is_file():
         raise ValueError(f"{name}: image file {path} does not exist")
@@ -76,8 +78,9 @@ def _resolve_image(path: str | Path, name: str) -> Path:
             img.verify()
     # PIL signals damaged files with many exception types; any of them means "unreadable"
     except Exception as err:
-        raise ValueError(f"{name}: cannot read image {path} ({type(err).__name__}: {err})"
-                         ) from None
+        raise ValueError(
+            f"{name}: cannot read image {path} ({type(err).__name__}: {err})"
+        ) from None
     return path
 
 
@@ -94,22 +97,38 @@ class SingleImageDataset(Dataset):
     # read in index order: the random zoom and cells are shared by runs of batch_size indices
     ordered = True
 
-    def __init__(self, image_a: str | Path, image_b: str | Path, *, crop_size: int = 64,
-                 load_size: int | None = 1024, random_scale_max: float = 3.0,
-                 batch_size: int = 16, virtual_size: int = 100_000, seed: int = 0,
-                 flip: bool = True) -> None:
+    def __init__(
+        self,
+        image_a: str | Path,
+        image_b: str | Path,
+        *,
+        crop_size: int = 64,
+        load_size: int | None = 1024,
+        random_scale_max: float = 3.0,
+        batch_size: int = 16,
+        virtual_size: int = 100_000,
+        seed: int = 0,
+        flip: bool = True,
+    ) -> None:
         if not (isinstance(crop_size, int) and crop_size > 0 and crop_size % 4 == 0):
-            raise ValueError(f"crop_size must be a positive multiple of 4 (the generator's "
-                             f"down/up-sampling), got {crop_size!r}")
+            raise ValueError(
+                f"crop_size must be a positive multiple of 4 (the generator's "
+                f"down/up-sampling), got {crop_size!r}"
+            )
         if load_size is not None and not (isinstance(load_size, int) and load_size >= crop_size):
-            raise ValueError(f"load_size must be None or an int >= crop_size={crop_size}, "
-                             f"got {load_size!r}")
+            raise ValueError(
+                f"load_size must be None or an int >= crop_size={crop_size}, got {load_size!r}"
+            )
         if not random_scale_max >= 1:
-            raise ValueError(f"random_scale_max must be >= 1 (zoom factors lie in "
-                             f"[1/random_scale_max, 1]), got {random_scale_max!r}")
+            raise ValueError(
+                f"random_scale_max must be >= 1 (zoom factors lie in "
+                f"[1/random_scale_max, 1]), got {random_scale_max!r}"
+            )
         if batch_size < 1 or virtual_size < 1:
-            raise ValueError(f"batch_size and virtual_size must be >= 1, got "
-                             f"batch_size={batch_size}, virtual_size={virtual_size}")
+            raise ValueError(
+                f"batch_size and virtual_size must be >= 1, got "
+                f"batch_size={batch_size}, virtual_size={virtual_size}"
+            )
         self.crop_size, self.load_size = crop_size, load_size
         self.random_scale_max, self.batch_size = float(random_scale_max), batch_size
         self.virtual_size, self.seed, self.flip, self.epoch = virtual_size, seed, flip, 0
@@ -126,14 +145,17 @@ class SingleImageDataset(Dataset):
         w, h = image.size
         if self.load_size is not None and max(w, h) > self.load_size:
             scale = self.load_size / max(w, h)
-            image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                                 Image.Resampling.BILINEAR)
+            image = image.resize(
+                (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR
+            )
         w2, h2 = image.size
         if min(w2, h2) < self.crop_size:
             scaled = f" (scaled from {h}x{w} to load_size={self.load_size})"
             scaled = "" if (w2, h2) == (w, h) else scaled
-            raise ValueError(f"{path} is {h2}x{w2}{scaled}, smaller than crop_size="
-                             f"{self.crop_size}; use a smaller crop_size or a larger load_size")
+            raise ValueError(
+                f"{path} is {h2}x{w2}{scaled}, smaller than crop_size="
+                f"{self.crop_size}; use a smaller crop_size or a larger load_size"
+            )
         return image
 
     def set_epoch(self, epoch: int) -> None:
@@ -164,17 +186,22 @@ class SingleImageDataset(Dataset):
             order = torch.randperm(rows * cols, generator=g)
             flips = torch.rand(self.batch_size, generator=g) < 0.5
             row, col = divmod(int(order[slot % (rows * cols)]), cols)
-            params[domain] = ZoomCrop(zoom=(zoom_y, zoom_x), size=size, grid=(rows, cols),
-                                      cell=(row, col), top=off_y + row * crop,
-                                      left=off_x + col * crop,
-                                      flip=self.flip and bool(flips[slot]))
+            params[domain] = ZoomCrop(
+                zoom=(zoom_y, zoom_x),
+                size=size,
+                grid=(rows, cols),
+                cell=(row, col),
+                top=off_y + row * crop,
+                left=off_x + col * crop,
+                flip=self.flip and bool(flips[slot]),
+            )
         return params
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         item: dict[str, torch.Tensor | str] = {}
         for domain, p in self.crop_params(index).items():
             zoomed = self._zoom(domain, p.size)  # uint8 (H', W', 3)
-            patch = zoomed[p.top:p.top + self.crop_size, p.left:p.left + self.crop_size]
+            patch = zoomed[p.top : p.top + self.crop_size, p.left : p.left + self.crop_size]
             x = torch.from_numpy(np.array(patch)).permute(2, 0, 1)  # copy: PIL's array is read-only
             x = x.flip(-1) if p.flip else x
             # uint8 -> [-1, 1], as ToTensor + Normalize(0.5, 0.5)
@@ -191,8 +218,9 @@ class SingleImageDataset(Dataset):
         return cached[1]
 
 
-def write_generated_single_pair(root: str | Path, *, size: int | tuple[int, int] = (192, 256),
-                                seed: int = 0) -> Path:
+def write_generated_single_pair(
+    root: str | Path, *, size: int | tuple[int, int] = (192, 256), seed: int = 0
+) -> Path:
     """Write a built-in single-image pair for tests and demos; return ``root``.
 
     ``root/trainA/a.png``: plain animals on grass, ``root/trainB/b.png``: striped animals on

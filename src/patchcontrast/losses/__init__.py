@@ -60,14 +60,19 @@ def multilayer_loss(
     for several layers instead of L sequential ones.
     """
     if len(qs) != len(ks) or not qs:
-        raise ValueError(f"need the same non-zero number of query and key layers; "
-                         f"got {len(qs)} and {len(ks)}")
+        raise ValueError(
+            f"need the same non-zero number of query and key layers; got {len(qs)} and {len(ks)}"
+        )
     if weights is None:
         weights = [1.0 / len(qs)] * len(qs)
     elif len(weights) != len(qs):
         raise ValueError(f"weights has {len(weights)} entries for {len(qs)} layers")
-    stackable = (isinstance(loss, PatchNCELoss) and loss.stackable and loss.reduction != "none"
-                 and len({(x.shape, x.dtype, x.device) for x in (*qs, *ks)}) == 1)
+    stackable = (
+        isinstance(loss, PatchNCELoss)
+        and loss.stackable
+        and loss.reduction != "none"
+        and len({(x.shape, x.dtype, x.device) for x in (*qs, *ks)}) == 1
+    )
     if stackable and len(qs) > 1:
         b, n = qs[0].shape[:2]
         chunk = len(qs)
@@ -76,15 +81,18 @@ def multilayer_loss(
         per_layer = []
         for start in range(0, len(qs), chunk):
             stop = min(start + chunk, len(qs))
-            per_anchor = loss.per_anchor(torch.cat(tuple(qs[start:stop])),
-                                         torch.cat(tuple(ks[start:stop])))  # (layers*B, N)
+            per_anchor = loss.per_anchor(
+                torch.cat(tuple(qs[start:stop])), torch.cat(tuple(ks[start:stop]))
+            )  # (layers*B, N)
             per_anchor = per_anchor.reshape(stop - start, -1)
             per_layer.append(per_anchor.mean(1) if loss.reduction == "mean" else per_anchor.sum(1))
         return (torch.cat(per_layer) * per_anchor.new_tensor(list(weights))).sum()
     terms = [w * loss(q, k) for w, q, k in zip(weights, qs, ks)]
     if any(t.dim() != 0 for t in terms):
-        raise ValueError("multilayer_loss needs a loss that returns a scalar per layer "
-                         "(use reduction='mean' or 'sum')")
+        raise ValueError(
+            "multilayer_loss needs a loss that returns a scalar per layer "
+            "(use reduction='mean' or 'sum')"
+        )
     return torch.stack(terms).sum()
 
 

@@ -14,8 +14,9 @@ GanMode = Literal["lsgan", "vanilla", "hinge", "nonsaturating"]
 GAN_MODES = ("lsgan", "vanilla", "hinge", "nonsaturating")
 
 
-def gan_loss(prediction: Tensor, target_is_real: bool, *, mode: GanMode,
-             for_discriminator: bool = True) -> Tensor:
+def gan_loss(
+    prediction: Tensor, target_is_real: bool, *, mode: GanMode, for_discriminator: bool = True
+) -> Tensor:
     """Mean GAN loss of ``prediction`` (raw discriminator outputs) for one target.
 
     * ``lsgan`` (CUT default, Mao et al. 2017): ``(D - 1)^2`` / ``D^2``; G uses target real.

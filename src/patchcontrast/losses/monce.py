@@ -103,16 +103,29 @@ def monce(
     _check_solver(iters, tol, diagonal)
     n = check_group_size(q, negatives)
     s, eye = _similarities(q, k, negatives, detach_keys)
-    plan = _plan(s if grad_through_plan else s.detach(), weighting=weighting, diagonal=diagonal,
-                 eps=beta, iters=iters, tol=tol)
+    plan = _plan(
+        s if grad_through_plan else s.detach(),
+        weighting=weighting,
+        diagonal=diagonal,
+        eps=beta,
+        iters=iters,
+        tol=tol,
+    )
     log_f = torch.log(plan * (Q * (n - 1)) + WEIGHT_FLOOR)
     weighted = _upstream_diagonal(s + tau * log_f, eye)
     loss = contrastive_loss(s.diagonal(dim1=1, dim2=2) / tau, weighted / tau)
     return reduce(loss, q.shape, reduction)
 
 
-def _plan(s: Tensor, *, weighting: Weighting, diagonal: Diagonal, eps: float, iters: int,
-          tol: float | Literal["auto"] | None) -> Tensor:
+def _plan(
+    s: Tensor,
+    *,
+    weighting: Weighting,
+    diagonal: Diagonal,
+    eps: float,
+    iters: int,
+    tol: float | Literal["auto"] | None,
+) -> Tensor:
     """Sinkhorn plan ``(G, n, n)`` with unit marginals for the MoNCE cost of similarities
     ``s`` ``(G, n, n)``; ``tol="auto"`` picks :data:`AUTO_TOL` for the dtype."""
     if tol == "auto":
@@ -135,17 +148,33 @@ class MoNCELoss(PatchNCELoss):
 
     fn = staticmethod(monce)
 
-    def __init__(self, *, tau: float = 0.07, weighting: Weighting = "hard", beta: float = 0.1,
-                 Q: float = 1.0, iters: int = 50, tol: float | Literal["auto"] | None = "auto",
-                 grad_through_plan: bool = True, diagonal: Diagonal = "upstream",
-                 negatives: Negatives = "image", detach_keys: bool = True,
-                 reduction: Reduction = "mean") -> None:
-        super().__init__(tau=tau, negatives=negatives, detach_keys=detach_keys,
-                         reduction=reduction)
+    def __init__(
+        self,
+        *,
+        tau: float = 0.07,
+        weighting: Weighting = "hard",
+        beta: float = 0.1,
+        Q: float = 1.0,
+        iters: int = 50,
+        tol: float | Literal["auto"] | None = "auto",
+        grad_through_plan: bool = True,
+        diagonal: Diagonal = "upstream",
+        negatives: Negatives = "image",
+        detach_keys: bool = True,
+        reduction: Reduction = "mean",
+    ) -> None:
+        super().__init__(tau=tau, negatives=negatives, detach_keys=detach_keys, reduction=reduction)
         _check_weighting(weighting, beta, Q)
         _check_solver(iters, tol, diagonal)
-        self.options.update(weighting=weighting, beta=beta, Q=Q, iters=iters, tol=tol,
-                            grad_through_plan=grad_through_plan, diagonal=diagonal)
+        self.options.update(
+            weighting=weighting,
+            beta=beta,
+            Q=Q,
+            iters=iters,
+            tol=tol,
+            grad_through_plan=grad_through_plan,
+            diagonal=diagonal,
+        )
 
 
 @full_precision
@@ -195,12 +224,19 @@ class MoNCESpadeOfficialLoss(PatchNCELoss):
 
     fn = staticmethod(monce_spade_official)
 
-    def __init__(self, *, tau: float = 0.07, eps: float = 1.0, ot_weight: float = 128.0,
-                 iters: int = 50, tol: float | Literal["auto"] | None = "auto",
-                 negatives: Negatives = "image", detach_keys: bool = True,
-                 reduction: Reduction = "mean") -> None:
-        super().__init__(tau=tau, negatives=negatives, detach_keys=detach_keys,
-                         reduction=reduction)
+    def __init__(
+        self,
+        *,
+        tau: float = 0.07,
+        eps: float = 1.0,
+        ot_weight: float = 128.0,
+        iters: int = 50,
+        tol: float | Literal["auto"] | None = "auto",
+        negatives: Negatives = "image",
+        detach_keys: bool = True,
+        reduction: Reduction = "mean",
+    ) -> None:
+        super().__init__(tau=tau, negatives=negatives, detach_keys=detach_keys, reduction=reduction)
         check_positive("eps", eps)
         check_positive("ot_weight", ot_weight)
         _check_solver(iters, tol, "upstream")

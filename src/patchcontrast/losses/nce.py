@@ -40,8 +40,9 @@ Selection = Literal["hardest", "official", "easiest", "random"]
 SELECTIONS = ("hardest", "official", "easiest", "random")
 
 
-def _similarities(q: Tensor, k: Tensor, negatives: Negatives, detach_keys: bool = True
-                  ) -> tuple[Tensor, Tensor]:
+def _similarities(
+    q: Tensor, k: Tensor, negatives: Negatives, detach_keys: bool = True
+) -> tuple[Tensor, Tensor]:
     """Group the patches and return ``(S, eye)``: ``S`` is ``(G, n, n)``; keys detached unless
     ``detach_keys=False``."""
     qg, kg = group(q, negatives), group(k.detach() if detach_keys else k, negatives)
@@ -216,8 +217,14 @@ class PatchNCELoss(nn.Module):
 
     fn = staticmethod(patch_nce)
 
-    def __init__(self, *, tau: float = 0.07, negatives: Negatives = "image",
-                 detach_keys: bool = True, reduction: Reduction = "mean") -> None:
+    def __init__(
+        self,
+        *,
+        tau: float = 0.07,
+        negatives: Negatives = "image",
+        detach_keys: bool = True,
+        reduction: Reduction = "mean",
+    ) -> None:
         super().__init__()
         check_positive("tau", tau)
         check_choice("negatives", negatives, NEGATIVES)
@@ -239,8 +246,7 @@ class PatchNCELoss(nn.Module):
 
     def extra_repr(self) -> str:
         options = {**self.options, "reduction": self.reduction}
-        return ", ".join(f"{key}={value!r}" for key, value in options.items()
-                         if key != "generator")
+        return ", ".join(f"{key}={value!r}" for key, value in options.items() if key != "generator")
 
 
 class WeightNCELoss(PatchNCELoss):
@@ -248,11 +254,19 @@ class WeightNCELoss(PatchNCELoss):
 
     fn = staticmethod(weight_nce)
 
-    def __init__(self, *, tau: float = 0.07, weighting: Weighting = "hard", beta: float = 0.1,
-                 Q: float = 1.0, detach_weights: bool = False, negatives: Negatives = "image",
-                 detach_keys: bool = True, reduction: Reduction = "mean") -> None:
-        super().__init__(tau=tau, negatives=negatives, detach_keys=detach_keys,
-                         reduction=reduction)
+    def __init__(
+        self,
+        *,
+        tau: float = 0.07,
+        weighting: Weighting = "hard",
+        beta: float = 0.1,
+        Q: float = 1.0,
+        detach_weights: bool = False,
+        negatives: Negatives = "image",
+        detach_keys: bool = True,
+        reduction: Reduction = "mean",
+    ) -> None:
+        super().__init__(tau=tau, negatives=negatives, detach_keys=detach_keys, reduction=reduction)
         _check_weighting(weighting, beta, Q)
         self.options.update(weighting=weighting, beta=beta, Q=Q, detach_weights=detach_weights)
 
@@ -262,11 +276,18 @@ class PUTLoss(PatchNCELoss):
 
     fn = staticmethod(put)
 
-    def __init__(self, *, tau: float = 0.07, k_neg: int = 5, selection: Selection = "hardest",
-                 negatives: Negatives = "image", generator: torch.Generator | None = None,
-                 detach_keys: bool = True, reduction: Reduction = "mean") -> None:
-        super().__init__(tau=tau, negatives=negatives, detach_keys=detach_keys,
-                         reduction=reduction)
+    def __init__(
+        self,
+        *,
+        tau: float = 0.07,
+        k_neg: int = 5,
+        selection: Selection = "hardest",
+        negatives: Negatives = "image",
+        generator: torch.Generator | None = None,
+        detach_keys: bool = True,
+        reduction: Reduction = "mean",
+    ) -> None:
+        super().__init__(tau=tau, negatives=negatives, detach_keys=detach_keys, reduction=reduction)
         check_int("k_neg", k_neg, low=1)
         check_choice("selection", selection, SELECTIONS)
         self.options.update(k_neg=k_neg, selection=selection, generator=generator)

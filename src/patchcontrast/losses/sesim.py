@@ -31,8 +31,9 @@ SeSimMode = Literal["l1", "cos"]
 SESIM_MODES = ("l1", "cos")
 
 
-def self_similarity(features: Tensor, ids: Tensor, *, patch_size: int = 7, stride: int = 1
-                    ) -> Tensor:
+def self_similarity(
+    features: Tensor, ids: Tensor, *, patch_size: int = 7, stride: int = 1
+) -> Tensor:
     r"""Local self-similarity maps at sampled positions (the paper's spatially-correlative map).
 
     For the feature ``f_p`` at a sampled position ``p`` and the window ``W(p)`` of
@@ -135,8 +136,9 @@ def spatial_correlative_loss(
     return loss
 
 
-def sesim_contrastive(q_maps: Tensor, k_maps: Tensor, loss: Callable[[Tensor, Tensor], Tensor]
-                      ) -> Tensor:
+def sesim_contrastive(
+    q_maps: Tensor, k_maps: Tensor, loss: Callable[[Tensor, Tensor], Tensor]
+) -> Tensor:
     """L-SeSim's contrastive objective for the learned feature heads (Zheng et al. 2021).
 
     The self-similarity maps of an image (queries) and of an appearance-augmented view of it
@@ -162,21 +164,28 @@ def _check_map(features: Tensor) -> None:
     if not isinstance(features, Tensor):
         raise ValueError(f"features must be a torch.Tensor; got {type(features).__name__}")
     if features.dim() != 4 or not features.is_floating_point():
-        raise ValueError(f"features must be a floating-point (B, C, H, W) tensor; got "
-                         f"{features.dtype} of shape {tuple(features.shape)}")
+        raise ValueError(
+            f"features must be a floating-point (B, C, H, W) tensor; got "
+            f"{features.dtype} of shape {tuple(features.shape)}"
+        )
 
 
 def _check_ids(ids: Tensor, batch: int, positions: int) -> Tensor:
     """Validate flat positions ``(N,)`` or ``(batch, N)`` in ``[0, positions)``."""
     if not isinstance(ids, Tensor) or ids.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"ids must be an integer tensor of flat positions; got "
-                         f"{getattr(ids, 'dtype', type(ids).__name__)}")
+        raise ValueError(
+            f"ids must be an integer tensor of flat positions; got "
+            f"{getattr(ids, 'dtype', type(ids).__name__)}"
+        )
     if not (ids.dim() == 1 or (ids.dim() == 2 and ids.shape[0] == batch)) or ids.shape[-1] < 1:
-        raise ValueError(f"ids must have shape (N,) or ({batch}, N) with N >= 1; got "
-                         f"{tuple(ids.shape)}")
+        raise ValueError(
+            f"ids must have shape (N,) or ({batch}, N) with N >= 1; got {tuple(ids.shape)}"
+        )
     if int(ids.min()) < 0 or int(ids.max()) >= positions:
-        raise ValueError(f"ids must lie in [0, H * W) = [0, {positions}); got values in "
-                         f"[{int(ids.min())}, {int(ids.max())}]")
+        raise ValueError(
+            f"ids must lie in [0, H * W) = [0, {positions}); got values in "
+            f"[{int(ids.min())}, {int(ids.max())}]"
+        )
     return ids.long()
 
 
@@ -186,8 +195,12 @@ def _check_maps(a: Tensor, b: Tensor, names: tuple[str, str]) -> None:
         if not isinstance(x, Tensor):
             raise ValueError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
         if x.dim() != 3 or not x.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point (B, N, K) tensor; got "
-                             f"{x.dtype} of shape {tuple(x.shape)}")
+            raise ValueError(
+                f"{name} must be a floating-point (B, N, K) tensor; got "
+                f"{x.dtype} of shape {tuple(x.shape)}"
+            )
     if a.shape != b.shape:
-        raise ValueError(f"{names[0]} and {names[1]} must have the same shape; got "
-                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"{names[0]} and {names[1]} must have the same shape; got "
+            f"{tuple(a.shape)} and {tuple(b.shape)}"
+        )

@@ -88,8 +88,9 @@ def sinkhorn(
     return plan.squeeze(0) if squeeze else plan
 
 
-def solve(cost: Tensor, *, eps: float, a: Tensor, b: Tensor, iters: int,
-          tol: float | None) -> Tensor:
+def solve(
+    cost: Tensor, *, eps: float, a: Tensor, b: Tensor, iters: int, tol: float | None
+) -> Tensor:
     """:func:`sinkhorn` without input checks, for callers that build valid problems.
 
     ``cost`` ``(G, n, m)`` float32/64, ``a`` ``(G, n)``, ``b`` ``(G, m)``.
@@ -126,8 +127,9 @@ class _Sinkhorn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, cost: Tensor, eps: float, a: Tensor, b: Tensor, iters: int,
-                tol: float | None) -> Tensor:
+    def forward(
+        ctx, cost: Tensor, eps: float, a: Tensor, b: Tensor, iters: int, tol: float | None
+    ) -> Tensor:
         # Scalings and marginals are row vectors: (G, 1, n) and (G, 1, m). Products are written
         # row-vector @ matrix because batched matrix @ column-vector is ~10x slower on CPU.
         a_row, b_row = a.unsqueeze(1), b.unsqueeze(1)
@@ -184,8 +186,9 @@ class _Sinkhorn(torch.autograd.Function):
         # accounting) see it; the step structure (epoch of each iteration) is plain metadata.
         ctx.eps, ctx.epochs = eps, [epoch for epoch, _, _ in steps]
         ctx.n_kernels = len(kernels)
-        ctx.save_for_backward(plan, p1, a_row, b_row, *kernels,
-                              *[x for _, u_t, v_t in steps for x in (u_t, v_t)])
+        ctx.save_for_backward(
+            plan, p1, a_row, b_row, *kernels, *[x for _, u_t, v_t in steps for x in (u_t, v_t)]
+        )
         return plan
 
     @staticmethod

@@ -57,8 +57,11 @@ def _as_images(images: Images, name: str = "images") -> list[Tensor]:
     Accepts a tensor (N, 3, H, W) / (3, H, W) (uint8, or float in [0, 1]), a uint8 NumPy array
     (N, H, W, 3) / (H, W, 3) as ``render_sample`` returns, or a list of these.
     """
-    if isinstance(images, np.ndarray) and images.ndim == 4 or (
-            isinstance(images, Tensor) and images.dim() == 4):
+    if (
+        isinstance(images, np.ndarray)
+        and images.ndim == 4
+        or (isinstance(images, Tensor) and images.dim() == 4)
+    ):
         images = list(images)
     elif isinstance(images, (np.ndarray, Tensor)):
         images = [images]
@@ -67,20 +70,25 @@ def _as_images(images: Images, name: str = "images") -> list[Tensor]:
         image = image.detach().cpu() if isinstance(image, Tensor) else image
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-                raise ValueError(f"{name}[{i}]: NumPy images must be uint8 (H, W, 3), got "
-                                 f"{image.dtype} {image.shape}")
+                raise ValueError(
+                    f"{name}[{i}]: NumPy images must be uint8 (H, W, 3), got "
+                    f"{image.dtype} {image.shape}"
+                )
             image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
             shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
-            raise ValueError(f"{name}[{i}] must be a (3, H, W) tensor or (H, W, 3) array, "
-                             f"got {shape}")
+            raise ValueError(
+                f"{name}[{i}] must be a (3, H, W) tensor or (H, W, 3) array, got {shape}"
+            )
         if image.dtype == torch.uint8:
             out.append(image.to(torch.float64))
         elif image.is_floating_point():
             lo, hi = float(image.min()), float(image.max())
             if lo < -1e-3 or hi > 1 + 1e-3:
-                raise ValueError(f"{name}[{i}]: float images must be in [0, 1], got values in "
-                                 f"[{lo:.3g}, {hi:.3g}]; map generator outputs with (x + 1) / 2")
+                raise ValueError(
+                    f"{name}[{i}]: float images must be in [0, 1], got values in "
+                    f"[{lo:.3g}, {hi:.3g}]; map generator outputs with (x + 1) / 2"
+                )
             out.append(image.to(torch.float64).clamp(0, 1) * 255)
         else:
             raise ValueError(f"{name}[{i}] must be uint8 or float, got {image.dtype}")
@@ -122,7 +130,7 @@ def _background_distance(image: Tensor, border: float) -> Tensor:
     h, w = image.shape[-2:]
     b = max(1, round(border * min(h, w)))
     ring = torch.ones(h, w, dtype=torch.bool)
-    ring[b:h - b, b:w - b] = False
+    ring[b : h - b, b : w - b] = False
     pixels = image[:, ring].T  # (R, 3)
     spread = (pixels - pixels.median(0).values).square().sum(1)
     kept = pixels[spread <= spread.quantile(0.8)]
@@ -157,8 +165,9 @@ def _fill_holes(masks: Tensor) -> Tensor:
     return ~_grow(edge, ~masks)
 
 
-def detect_objects(images: Images, *, low: float = LOW, high: float = HIGH,
-                   border: float = BORDER) -> list[Tensor]:
+def detect_objects(
+    images: Images, *, low: float = LOW, high: float = HIGH, border: float = BORDER
+) -> list[Tensor]:
     """Object masks, bool (H, W) each, for images of any domain (see the module docstring).
 
     ``images``: uint8 or [0, 1] float (N, 3, H, W) / (3, H, W) tensors, uint8 (H, W, 3) arrays,
@@ -170,8 +179,7 @@ def detect_objects(images: Images, *, low: float = LOW, high: float = HIGH,
     out = []
     for image in _as_images(images):
         distance = _background_distance(image, border)[None]  # (1, H, W)
-        smooth = F.avg_pool2d(F.pad(distance[None], (1, 1, 1, 1), mode="replicate"), 3,
-                              stride=1)[0]
+        smooth = F.avg_pool2d(F.pad(distance[None], (1, 1, 1, 1), mode="replicate"), 3, stride=1)[0]
         out.append(_fill_holes(_grow(smooth > high, distance > low))[0])
     return out
 
@@ -199,8 +207,10 @@ def content_score(source_masks: Masks, translated_images: Images) -> dict[str, f
     per_image = []
     for mask, det in zip(masks, found):
         if det.shape != mask.shape:
-            det = F.interpolate(det[None, None].float(), size=tuple(mask.shape),
-                                mode="nearest")[0, 0] > 0.5
+            det = (
+                F.interpolate(det[None, None].float(), size=tuple(mask.shape), mode="nearest")[0, 0]
+                > 0.5
+            )
         per_image.append(mask_iou(det, mask))
     return {"mean_iou": float(np.mean(per_image)), "per_image": per_image}
 
@@ -218,10 +228,15 @@ class DomainClassifier(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            nn.Conv2d(3, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.head = nn.Linear(64, 1)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -230,9 +245,16 @@ class DomainClassifier(nn.Module):
 
 def _classifier_batch(images: Images) -> Tensor:
     """Any images -> float32 (N, 3, 64, 64) in [0, 1] (bilinear, antialiased)."""
-    out = [F.interpolate(x[None] / 255, size=(CLASSIFIER_SIZE, CLASSIFIER_SIZE),
-                         mode="bilinear", align_corners=False, antialias=True)
-           for x in _as_images(images)]
+    out = [
+        F.interpolate(
+            x[None] / 255,
+            size=(CLASSIFIER_SIZE, CLASSIFIER_SIZE),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
+        for x in _as_images(images)
+    ]
     return torch.cat(out).float()
 
 
@@ -274,18 +296,33 @@ def _cache_dir(cache_dir: str | Path | None) -> Path:
     return Path(os.environ.get("PATCHCONTRAST_CACHE", Path.home() / ".cache" / "patchcontrast"))
 
 
-def domain_classifier(*, seed: int = 0, data_seed: int = 0, n_train: int = 256, steps: int = 300,
-                      batch_size: int = 32, lr: float = 2e-3,
-                      cache_dir: str | Path | None = None) -> DomainClassifier:
+def domain_classifier(
+    *,
+    seed: int = 0,
+    data_seed: int = 0,
+    n_train: int = 256,
+    steps: int = 300,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    cache_dir: str | Path | None = None,
+) -> DomainClassifier:
     """The A-vs-B classifier for these settings: trained once (a few seconds on a CPU), then
     loaded from ``<cache_dir>/domain_classifier/<hash of the settings>.pt``.
 
     ``cache_dir`` defaults to ``$PATCHCONTRAST_CACHE`` or ``~/.cache/patchcontrast``.
     ``data_seed`` is the generated dataset's seed; ``seed`` drives initialisation and batches.
     """
-    settings = {"version": _CLASSIFIER_VERSION, "render_version": RENDER_VERSION,
-                "size": CLASSIFIER_SIZE, "seed": seed, "data_seed": data_seed,
-                "n_train": n_train, "steps": steps, "batch_size": batch_size, "lr": lr}
+    settings = {
+        "version": _CLASSIFIER_VERSION,
+        "render_version": RENDER_VERSION,
+        "size": CLASSIFIER_SIZE,
+        "seed": seed,
+        "data_seed": data_seed,
+        "n_train": n_train,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+    }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     path = _cache_dir(cache_dir) / "domain_classifier" / f"{key}.pt"
     model = DomainClassifier()
@@ -303,23 +340,27 @@ def domain_classifier(*, seed: int = 0, data_seed: int = 0, n_train: int = 256, 
 
 
 @torch.no_grad()
-def domain_probabilities(images: Images, classifier: DomainClassifier | None = None,
-                         **settings) -> Tensor:
+def domain_probabilities(
+    images: Images, classifier: DomainClassifier | None = None, **settings
+) -> Tensor:
     """P(domain B) per image, float (N,); ``settings`` go to ``domain_classifier``."""
     model = classifier if classifier is not None else domain_classifier(**settings)
     x = _classifier_batch(images)
     return torch.cat([torch.sigmoid(model(b)) for b in x.split(256)])
 
 
-def domain_score(translated_images: Images, classifier: DomainClassifier | None = None,
-                 **settings) -> float:
+def domain_score(
+    translated_images: Images, classifier: DomainClassifier | None = None, **settings
+) -> float:
     """Fraction of images the domain classifier calls B (probability > 0.5)."""
-    return float((domain_probabilities(translated_images, classifier, **settings) > 0.5)
-                 .float().mean())
+    return float(
+        (domain_probabilities(translated_images, classifier, **settings) > 0.5).float().mean()
+    )
 
 
 def held_out_accuracy(classifier: DomainClassifier, n: int = 100, data_seed: int = 0) -> float:
     """Accuracy on ``n`` A and ``n`` B generated *test* renders (never seen in training)."""
     images, labels = _renders(n, TEST_OFFSET, data_seed)
-    return float(((domain_probabilities(images, classifier) > 0.5).float() == labels)
-                 .float().mean())
+    return float(
+        ((domain_probabilities(images, classifier) > 0.5).float() == labels).float().mean()
+    )

@@ -52,8 +52,9 @@ from tqdm import tqdm
 from ..data.folders import list_images, load_image, parse_size
 
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
-FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-                   + FID_WEIGHTS_NAME)
+FID_WEIGHTS_URL = (
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS_NAME
+)
 WEIGHTS_ENV = "PATCHCONTRAST_INCEPTION_WEIGHTS"
 _CACHE_VERSION = 1  # bump when the cached content or the feature pipeline changes
 
@@ -77,10 +78,13 @@ def _as_features(features: np.ndarray, name: str) -> np.ndarray:
 
 def _warn_if_few(n: int, d: int) -> None:
     if n < d:
-        warnings.warn(f"FID is biased/ill-conditioned with fewer images than feature dimensions "
-                      f"({n} images, {d} dimensions): the covariance is singular; compare such "
-                      "FIDs only at equal set sizes and report KID as well", UserWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"FID is biased/ill-conditioned with fewer images than feature dimensions "
+            f"({n} images, {d} dimensions): the covariance is singular; compare such "
+            "FIDs only at equal set sizes and report KID as well",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -113,11 +117,15 @@ def _trace_sqrt_product_sqrtm(sigma1: np.ndarray, sigma2: np.ndarray, eps: float
             offset = eps * np.eye(len(sigma1))
             covmean = _sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if not finite:
-        raise ValueError("the matrix square root of sigma1 @ sigma2 is not finite, even with "
-                         f"{eps:g} * I added to both covariances")
-    raise ValueError(f"the matrix square root of sigma1 @ sigma2 has an imaginary part of "
-                     f"{imag:.3g} on its diagonal (> 1e-3): are both covariances positive "
-                     "semi-definite?")
+        raise ValueError(
+            "the matrix square root of sigma1 @ sigma2 is not finite, even with "
+            f"{eps:g} * I added to both covariances"
+        )
+    raise ValueError(
+        f"the matrix square root of sigma1 @ sigma2 has an imaginary part of "
+        f"{imag:.3g} on its diagonal (> 1e-3): are both covariances positive "
+        "semi-definite?"
+    )
 
 
 def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
@@ -130,8 +138,15 @@ def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     return float(np.sqrt(np.clip(lam, 0, None)).sum())
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     *, method: Literal["sqrtm", "eigh"] = "sqrtm", eps: float = 1e-6) -> float:
+def frechet_distance(
+    mu1: np.ndarray,
+    sigma1: np.ndarray,
+    mu2: np.ndarray,
+    sigma2: np.ndarray,
+    *,
+    method: Literal["sqrtm", "eigh"] = "sqrtm",
+    eps: float = 1e-6,
+) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
 
     ``d^2 = ||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))``; mu: (d,), sigma: (d, d)
@@ -151,8 +166,10 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     sigma1, sigma2 = (np.atleast_2d(np.asarray(s, dtype=np.float64)) for s in (sigma1, sigma2))
     d = mu1.shape[0]
     if mu1.shape != (d,) or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
-        raise ValueError(f"expected mu (d,) and sigma (d, d) of one d; got mu1 {mu1.shape}, sigma1 "
-                         f"{sigma1.shape}, mu2 {mu2.shape}, sigma2 {sigma2.shape}")
+        raise ValueError(
+            f"expected mu (d,) and sigma (d, d) of one d; got mu1 {mu1.shape}, sigma1 "
+            f"{sigma1.shape}, mu2 {mu2.shape}, sigma2 {sigma2.shape}"
+        )
     if not all(np.isfinite(a).all() for a in (mu1, mu2, sigma1, sigma2)):
         raise ValueError("the statistics contain NaN or infinite values")
     if method not in ("sqrtm", "eigh"):
@@ -168,13 +185,16 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
             return max(value, 0.0)
     value = rest - 2 * _trace_sqrt_product_eigh(sigma1, sigma2)
     if value < -tolerance:
-        raise ValueError(f"Fréchet distance came out negative ({value:.4g}): sigma1 and sigma2 "
-                         "must be symmetric positive semi-definite covariance matrices")
+        raise ValueError(
+            f"Fréchet distance came out negative ({value:.4g}): sigma1 and sigma2 "
+            "must be symmetric positive semi-definite covariance matrices"
+        )
     return max(value, 0.0)
 
 
-def mmd2_unbiased(x: np.ndarray, y: np.ndarray, *, degree: int = 3, gamma: float | None = None,
-                  coef0: float = 1.0) -> float:
+def mmd2_unbiased(
+    x: np.ndarray, y: np.ndarray, *, degree: int = 3, gamma: float | None = None, coef0: float = 1.0
+) -> float:
     """Unbiased MMD^2 between samples x (m, d) and y (n, d) with ``k(a, b) = (gamma a.b + coef0)^
     degree`` (gamma defaults to 1/d): mean of k over distinct pairs within x, plus the same within
     y, minus twice the mean over all cross pairs. Can be slightly negative."""
@@ -188,9 +208,17 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray, *, degree: int = 3, gamma: float
     return float(within_x + within_y - 2 * kxy.mean())
 
 
-def kid(features_real: np.ndarray, features_fake: np.ndarray, *, subsets: int = 100,
-        subset_size: int = 1000, degree: int = 3, gamma: float | None = None, coef0: float = 1.0,
-        seed: int = 0) -> tuple[float, float]:
+def kid(
+    features_real: np.ndarray,
+    features_fake: np.ndarray,
+    *,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef0: float = 1.0,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Kernel Inception Distance: mean and (population) std of ``mmd2_unbiased`` over ``subsets``
     random subsets of ``subset_size`` vectors drawn without replacement from each set.
 
@@ -202,12 +230,17 @@ def kid(features_real: np.ndarray, features_fake: np.ndarray, *, subsets: int = 
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"feature dimensions differ: real {x.shape[1]}, fake {y.shape[1]}")
     if subsets < 1 or subset_size < 2 or degree < 1:
-        raise ValueError(f"need subsets >= 1, subset_size >= 2, degree >= 1; got {subsets}, "
-                         f"{subset_size}, {degree}")
+        raise ValueError(
+            f"need subsets >= 1, subset_size >= 2, degree >= 1; got {subsets}, "
+            f"{subset_size}, {degree}"
+        )
     m = min(subset_size, len(x), len(y))
     if m < subset_size:
-        warnings.warn(f"KID subset_size {subset_size} clipped to {m}, the size of the smaller set",
-                      UserWarning, stacklevel=2)
+        warnings.warn(
+            f"KID subset_size {subset_size} clipped to {m}, the size of the smaller set",
+            UserWarning,
+            stacklevel=2,
+        )
     rng = np.random.default_rng(seed)
     values = np.empty(subsets)
     for s in range(subsets):
@@ -231,10 +264,12 @@ def default_weights_path() -> Path:
 
 
 def _how_to_get_weights() -> str:
-    return (f"Download {FID_WEIGHTS_NAME} from {FID_WEIGHTS_URL} (nothing is downloaded at run "
-            f"time) and put it at {default_weights_path()} (the torch hub cache, where pytorch-fid "
-            f"also looks), or set {WEIGHTS_ENV}=PATH, or pass --inception-weights PATH "
-            "(weights=PATH in Python).")
+    return (
+        f"Download {FID_WEIGHTS_NAME} from {FID_WEIGHTS_URL} (nothing is downloaded at run "
+        f"time) and put it at {default_weights_path()} (the torch hub cache, where pytorch-fid "
+        f"also looks), or set {WEIGHTS_ENV}=PATH, or pass --inception-weights PATH "
+        "(weights=PATH in Python)."
+    )
 
 
 def resolve_inception_weights(weights: str | Path | None = None) -> Path:
@@ -245,13 +280,16 @@ def resolve_inception_weights(weights: str | Path | None = None) -> Path:
         if given:  # an empty environment variable counts as unset
             path = Path(given).expanduser()
             if not path.is_file():
-                raise MissingWeightsError(f"FID Inception weights {path} (from the {source}) do "
-                                          f"not exist. {_how_to_get_weights()}")
+                raise MissingWeightsError(
+                    f"FID Inception weights {path} (from the {source}) do "
+                    f"not exist. {_how_to_get_weights()}"
+                )
             return path
     path = default_weights_path()
     if not path.is_file():
-        raise MissingWeightsError(f"FID Inception weights not found at {path}. "
-                                  f"{_how_to_get_weights()}")
+        raise MissingWeightsError(
+            f"FID Inception weights not found at {path}. {_how_to_get_weights()}"
+        )
     return path
 
 
@@ -279,8 +317,9 @@ class InceptionFeatures(nn.Module):
         try:
             from pytorch_fid import inception as fid_inception
         except ImportError as error:
-            raise ImportError("FID needs the pytorch-fid package: pip install pytorch-fid") \
-                from error
+            raise ImportError(
+                "FID needs the pytorch-fid package: pip install pytorch-fid"
+            ) from error
 
         def load_local(url: str, *args, **kwargs) -> dict[str, Tensor]:
             if url != fid_inception.FID_WEIGHTS_URL:
@@ -290,11 +329,14 @@ class InceptionFeatures(nn.Module):
         block = fid_inception.InceptionV3.BLOCK_INDEX_BY_DIM[self.dim]
         try:
             with mock.patch.object(fid_inception, "load_state_dict_from_url", load_local):
-                net = fid_inception.InceptionV3([block], resize_input=True, normalize_input=True,
-                                                use_fid_inception=True)
+                net = fid_inception.InceptionV3(
+                    [block], resize_input=True, normalize_input=True, use_fid_inception=True
+                )
         except (RuntimeError, OSError, EOFError, KeyError) as error:
-            raise RuntimeError(f"cannot load {path} as the FID Inception weights (expected "
-                               f"{FID_WEIGHTS_NAME} from {FID_WEIGHTS_URL}): {error}") from error
+            raise RuntimeError(
+                f"cannot load {path} as the FID Inception weights (expected "
+                f"{FID_WEIGHTS_NAME} from {FID_WEIGHTS_URL}): {error}"
+            ) from error
         self.net = net
         self.eval()
         self.weights_path = path
@@ -319,8 +361,10 @@ def _image_paths(images: str | Path | Sequence[str | Path]) -> list[Path]:
         raise ValueError("no images given")
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise ValueError(f"image files not found: {', '.join(missing[:5])}"
-                         + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+        raise ValueError(
+            f"image files not found: {', '.join(missing[:5])}"
+            + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        )
     return paths
 
 
@@ -335,15 +379,22 @@ def _read(path: Path, size: tuple[int, int] | None) -> Tensor:
         return pil_to_tensor(image).float().div(255)  # = torchvision ToTensor, as pytorch-fid
     h, w = size
     rgb = np.asarray(image, dtype=np.float32)
-    channels = [np.asarray(Image.fromarray(rgb[..., c]).resize((w, h), Image.Resampling.BICUBIC))
-                for c in range(3)]
+    channels = [
+        np.asarray(Image.fromarray(rgb[..., c]).resize((w, h), Image.Resampling.BICUBIC))
+        for c in range(3)
+    ]
     return torch.from_numpy(np.clip(np.stack(channels), 0, 255) / 255).float()
 
 
-def extract_features(images: str | Path | Sequence[str | Path], model: FeatureNetwork, *,
-                     batch_size: int = 50, device: str | torch.device = "cpu",
-                     resize: int | tuple[int, int] | None = None,
-                     progress: bool = True) -> np.ndarray:
+def extract_features(
+    images: str | Path | Sequence[str | Path],
+    model: FeatureNetwork,
+    *,
+    batch_size: int = 50,
+    device: str | torch.device = "cpu",
+    resize: int | tuple[int, int] | None = None,
+    progress: bool = True,
+) -> np.ndarray:
     """Features (n, d) float32 of a folder's images (sorted by name) or of a list of files.
 
     ``model`` is any feature network: a callable mapping a (B, 3, H, W) float batch of RGB in
@@ -363,10 +414,12 @@ def extract_features(images: str | Path | Sequence[str | Path], model: FeatureNe
     if isinstance(model, nn.Module):
         model = model.to(device).eval()
     rows: list[np.ndarray] = []
-    with torch.inference_mode(), tqdm(total=len(paths), desc="features", unit="img",
-                                      disable=not progress) as bar:
+    with (
+        torch.inference_mode(),
+        tqdm(total=len(paths), desc="features", unit="img", disable=not progress) as bar,
+    ):
         for start in range(0, len(paths), batch_size):
-            batch = [_read(p, size) for p in paths[start:start + batch_size]]
+            batch = [_read(p, size) for p in paths[start : start + batch_size]]
             by_shape: dict[tuple[int, ...], list[int]] = {}
             for i, image in enumerate(batch):
                 by_shape.setdefault(tuple(image.shape), []).append(i)
@@ -375,8 +428,10 @@ def extract_features(images: str | Path | Sequence[str | Path], model: FeatureNe
                 feats = model(torch.stack([batch[i] for i in index]).to(device))
                 if not isinstance(feats, Tensor) or feats.ndim != 2 or len(feats) != len(index):
                     got = tuple(feats.shape) if isinstance(feats, Tensor) else type(feats).__name__
-                    raise ValueError(f"the feature network must return a (B, d) tensor for a "
-                                     f"(B, 3, H, W) batch; got {got} for B = {len(index)}")
+                    raise ValueError(
+                        f"the feature network must return a (B, d) tensor for a "
+                        f"(B, 3, H, W) batch; got {got} for B = {len(index)}"
+                    )
                 for i, row in zip(index, feats.float().cpu().numpy()):
                     out[i] = row
             rows.extend(out)
@@ -403,9 +458,12 @@ def folder_fingerprint(paths: Sequence[Path], model_id: str) -> str:
     return digest.hexdigest()
 
 
-def cached_statistics(folder: str | Path, model_id: str,
-                      compute_fn: Callable[[list[Path]], np.ndarray],
-                      cache_dir: str | Path) -> FolderStatistics:
+def cached_statistics(
+    folder: str | Path,
+    model_id: str,
+    compute_fn: Callable[[list[Path]], np.ndarray],
+    cache_dir: str | Path,
+) -> FolderStatistics:
     """Features and Gaussian statistics of a folder's images, cached in ``cache_dir``.
 
     ``compute_fn(paths) -> (n, d)`` extracts the features of the folder's sorted image list. The
@@ -432,8 +490,14 @@ def cached_statistics(folder: str | Path, model_id: str,
     cache_dir.mkdir(parents=True, exist_ok=True)
     partial_file = cache_dir / f".{file.name}.{os.getpid()}.tmp"  # then an atomic rename
     with open(partial_file, "wb") as f:
-        np.savez(f, features=features, mu=mu, sigma=sigma, model_id=np.array(model_id),
-                 folder=np.array(str(Path(folder).resolve())))
+        np.savez(
+            f,
+            features=features,
+            mu=mu,
+            sigma=sigma,
+            model_id=np.array(model_id),
+            folder=np.array(str(Path(folder).resolve())),
+        )
     os.replace(partial_file, file)
     return FolderStatistics(features, mu, sigma, from_cache=False)
 
@@ -452,14 +516,22 @@ def _model_id(model: FeatureNetwork) -> str | None:
     return None  # an arbitrary callable: not cached
 
 
-def fid_from_folders(real: str | Path, fake: str | Path, *, model: FeatureNetwork | None = None,
-                     weights: str | Path | None = None, batch_size: int = 50,
-                     device: str | torch.device = "cpu",
-                     resize: int | tuple[int, int] | None = None,
-                     cache_dir: str | Path | None = None, kid_subsets: int = 100,
-                     kid_subset_size: int = 1000, seed: int = 0,
-                     fid_method: Literal["sqrtm", "eigh"] = "sqrtm",
-                     progress: bool = True) -> dict[str, float | int | str]:
+def fid_from_folders(
+    real: str | Path,
+    fake: str | Path,
+    *,
+    model: FeatureNetwork | None = None,
+    weights: str | Path | None = None,
+    batch_size: int = 50,
+    device: str | torch.device = "cpu",
+    resize: int | tuple[int, int] | None = None,
+    cache_dir: str | Path | None = None,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    seed: int = 0,
+    fid_method: Literal["sqrtm", "eigh"] = "sqrtm",
+    progress: bool = True,
+) -> dict[str, float | int | str]:
     """FID and KID between the images of two folders.
 
     ``model=None`` builds ``InceptionFeatures(weights)`` (MissingWeightsError if no local weights
@@ -478,8 +550,14 @@ def fid_from_folders(real: str | Path, fake: str | Path, *, model: FeatureNetwor
     real_paths, fake_paths = list_images(real), list_images(fake)  # fail before loading a network
     size = None if resize is None else parse_size(resize, "resize")
     net = InceptionFeatures(weights) if model is None else model
-    extract = partial(extract_features, model=net, batch_size=batch_size, device=device,
-                      resize=size, progress=progress)
+    extract = partial(
+        extract_features,
+        model=net,
+        batch_size=batch_size,
+        device=device,
+        resize=size,
+        progress=progress,
+    )
     model_id = _model_id(net)
     if cache_dir is not None and model_id is not None:
         real_stats = cached_statistics(real, f"{model_id}|resize={size}", extract, cache_dir)
@@ -487,11 +565,13 @@ def fid_from_folders(real: str | Path, fake: str | Path, *, model: FeatureNetwor
         features = extract(real_paths)
         real_stats = FolderStatistics(features, *feature_statistics(features), from_cache=False)
     fake_features = extract(fake_paths)
-    fid = frechet_distance(real_stats.mu, real_stats.sigma, *feature_statistics(fake_features),
-                           method=fid_method)
+    fid = frechet_distance(
+        real_stats.mu, real_stats.sigma, *feature_statistics(fake_features), method=fid_method
+    )
     subset_size = min(kid_subset_size, len(real_paths), len(fake_paths))
-    kid_mean, kid_std = kid(real_stats.features, fake_features, subsets=kid_subsets,
-                            subset_size=subset_size, seed=seed)
+    kid_mean, kid_std = kid(
+        real_stats.features, fake_features, subsets=kid_subsets, subset_size=subset_size, seed=seed
+    )
     own_resize = getattr(net, "resize_description", "none (the network's own)")
     return {
         "fid": fid,
@@ -501,6 +581,7 @@ def fid_from_folders(real: str | Path, fake: str | Path, *, model: FeatureNetwor
         "n_real": len(real_paths),
         "n_fake": len(fake_paths),
         "feature_network": getattr(net, "name", type(net).__name__),
-        "resize": own_resize if size is None else
-        f"PIL bicubic {size[0]}x{size[1]} (clean-fid style), then {own_resize}",
+        "resize": own_resize
+        if size is None
+        else f"PIL bicubic {size[0]}x{size[1]} (clean-fid style), then {own_resize}",
     }

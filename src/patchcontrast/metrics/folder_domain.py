@@ -48,12 +48,20 @@ class FolderClassifier(nn.Module):
 
 def load_folder(folder: str | Path, size: int) -> Tensor:
     """Every image of ``folder`` as float ``(N, 3, size, size)`` in ``[0, 1]``."""
-    images = [torch.from_numpy(np.array(load_image(p, 3))).permute(2, 0, 1)[None].float() / 255
-              for p in list_images(folder)]
+    images = [
+        torch.from_numpy(np.array(load_image(p, 3))).permute(2, 0, 1)[None].float() / 255
+        for p in list_images(folder)
+    ]
     if not images:
         raise ValueError(f"{folder} holds no images")
-    return torch.cat([F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
-                                    align_corners=False) for x in images])
+    return torch.cat(
+        [
+            F.interpolate(
+                x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
+            for x in images
+        ]
+    )
 
 
 def _augment(x: Tensor, g: torch.Generator) -> Tensor:
@@ -62,8 +70,12 @@ def _augment(x: Tensor, g: torch.Generator) -> Tensor:
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     size, crop = x.shape[-1], x.shape[-1] * 7 // 8
     top, left = (int(v) for v in torch.randint(0, size - crop + 1, (2,), generator=g))
-    return F.interpolate(x[..., top:top + crop, left:left + crop], size=(size, size),
-                         mode="bilinear", align_corners=False)
+    return F.interpolate(
+        x[..., top : top + crop, left : left + crop],
+        size=(size, size),
+        mode="bilinear",
+        align_corners=False,
+    )
 
 
 @torch.no_grad()
@@ -102,9 +114,16 @@ def _train(root: Path, settings: dict) -> tuple[FolderClassifier, dict]:
     return model, test
 
 
-def folder_classifier(root: str | Path, *, size: int = 64, steps: int = 1500,
-                      batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-                      cache_dir: str | Path | None = None) -> tuple[FolderClassifier, dict]:
+def folder_classifier(
+    root: str | Path,
+    *,
+    size: int = 64,
+    steps: int = 1500,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+) -> tuple[FolderClassifier, dict]:
     """The A-vs-B classifier of the dataset folder ``root`` (``trainA/``, ``trainB/``, and for
     the reported accuracy ``testA/``, ``testB/``) and its info: settings and test accuracies.
     Trained once (about a minute on 2 cores for horse2zebra at 64 px), then loaded from cache.
@@ -112,13 +131,24 @@ def folder_classifier(root: str | Path, *, size: int = 64, steps: int = 1500,
     root = Path(root)
     for split in ("trainA", "trainB"):
         if not (root / split).is_dir():
-            raise ValueError(f"the domain classifier trains on {root}/trainA and {root}/trainB; "
-                             f"{root / split} is missing")
-    files = [f"{p.parent.name}/{p.name}:{p.stat().st_size}"
-             for split in ("trainA", "trainB") for p in list_images(root / split)]
-    settings = {"version": _VERSION, "size": size, "steps": steps, "batch_size": batch_size,
-                "lr": lr, "seed": seed,
-                "files": hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]}
+            raise ValueError(
+                f"the domain classifier trains on {root}/trainA and {root}/trainB; "
+                f"{root / split} is missing"
+            )
+    files = [
+        f"{p.parent.name}/{p.name}:{p.stat().st_size}"
+        for split in ("trainA", "trainB")
+        for p in list_images(root / split)
+    ]
+    settings = {
+        "version": _VERSION,
+        "size": size,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "files": hashlib.sha256("\n".join(files).encode()).hexdigest()[:16],
+    }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     path = _cache_dir(cache_dir) / "folder_classifier" / f"{key}.pt"
     model = FolderClassifier()

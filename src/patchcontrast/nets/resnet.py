@@ -69,7 +69,6 @@ class ResnetGenerator(TappedGenerator):
 
     default_layers = CUT_LAYERS
 
-
     def __init__(
         self,
         input_nc: int = 3,
@@ -86,8 +85,9 @@ class ResnetGenerator(TappedGenerator):
         if n_blocks < 0:
             raise ValueError(f"n_blocks must be >= 0, got {n_blocks}")
         if residual and input_nc != output_nc:
-            raise ValueError(f"a residual generator needs input_nc == output_nc, got "
-                             f"{input_nc} -> {output_nc}")
+            raise ValueError(
+                f"a residual generator needs input_nc == output_nc, got {input_nc} -> {output_nc}"
+            )
         self.input_nc = input_nc
         self.residual = residual
         # ReLUs are not in-place here: an in-place ReLU would overwrite a tapped IN output (e.g.
@@ -101,34 +101,54 @@ class ResnetGenerator(TappedGenerator):
             channels.extend([out] * len(new))
 
         add(nn.ReflectionPad2d(3), out=input_nc)
-        add(nn.Conv2d(input_nc, ngf, kernel_size=7), nn.InstanceNorm2d(ngf), nn.ReLU(),
-            out=ngf)
+        add(nn.Conv2d(input_nc, ngf, kernel_size=7), nn.InstanceNorm2d(ngf), nn.ReLU(), out=ngf)
         c = ngf
         for _ in range(2):  # two 2x down-samplings: ngf -> 2 ngf -> 4 ngf channels
             if antialias:
-                add(nn.Conv2d(c, 2 * c, kernel_size=3, padding=1), nn.InstanceNorm2d(2 * c),
-                    nn.ReLU(), BlurPool(2 * c), out=2 * c)
+                add(
+                    nn.Conv2d(c, 2 * c, kernel_size=3, padding=1),
+                    nn.InstanceNorm2d(2 * c),
+                    nn.ReLU(),
+                    BlurPool(2 * c),
+                    out=2 * c,
+                )
             else:
-                add(nn.Conv2d(c, 2 * c, kernel_size=3, stride=2, padding=1),
-                    nn.InstanceNorm2d(2 * c), nn.ReLU(), out=2 * c)
+                add(
+                    nn.Conv2d(c, 2 * c, kernel_size=3, stride=2, padding=1),
+                    nn.InstanceNorm2d(2 * c),
+                    nn.ReLU(),
+                    out=2 * c,
+                )
             c *= 2
         add(*(ResnetBlock(c, dropout) for _ in range(n_blocks)), out=c)
         for _ in range(2):  # two 2x up-samplings back to ngf channels
             if antialias_up:
                 add(BlurUpsample(c), out=c)
-                add(nn.Conv2d(c, c // 2, kernel_size=3, padding=1), nn.InstanceNorm2d(c // 2),
-                    nn.ReLU(), out=c // 2)
+                add(
+                    nn.Conv2d(c, c // 2, kernel_size=3, padding=1),
+                    nn.InstanceNorm2d(c // 2),
+                    nn.ReLU(),
+                    out=c // 2,
+                )
             else:
-                add(nn.ConvTranspose2d(c, c // 2, kernel_size=3, stride=2, padding=1,
-                                       output_padding=1),
-                    nn.InstanceNorm2d(c // 2), nn.ReLU(), out=c // 2)
+                add(
+                    nn.ConvTranspose2d(
+                        c, c // 2, kernel_size=3, stride=2, padding=1, output_padding=1
+                    ),
+                    nn.InstanceNorm2d(c // 2),
+                    nn.ReLU(),
+                    out=c // 2,
+                )
             c //= 2
         if positional:
             add(FourierPosition(c, positional), out=c)
         add(nn.ReflectionPad2d(3), out=c)
         # residual: the Tanh moves to forward (after the skip); Identity keeps the indices
-        add(nn.Conv2d(c, output_nc, kernel_size=7), nn.Identity() if residual else nn.Tanh(),
-            out=output_nc)
+        add(
+            nn.Conv2d(c, output_nc, kernel_size=7),
+            nn.Identity() if residual else nn.Tanh(),
+            out=output_nc,
+        )
 
         self.net = nn.Sequential(*layers)
         self._channels = tuple(channels)
@@ -155,9 +175,13 @@ class ResnetGenerator(TappedGenerator):
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.input_nc:
-            raise ValueError(f"ResnetGenerator expects (B, {self.input_nc}, H, W) images, "
-                             f"got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"ResnetGenerator expects (B, {self.input_nc}, H, W) images, "
+                f"got shape {tuple(x.shape)}"
+            )
         h, w = x.shape[-2:]
         if h % 4 or w % 4:
-            raise ValueError(f"ResnetGenerator needs height and width divisible by 4 (two 2x "
-                             f"down- and up-samplings), got {h}x{w}")
+            raise ValueError(
+                f"ResnetGenerator needs height and width divisible by 4 (two 2x "
+                f"down- and up-samplings), got {h}x{w}"
+            )

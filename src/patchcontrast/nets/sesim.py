@@ -95,26 +95,41 @@ class SeSimFeatures(nn.Module):
             _check_choice("vgg_source", vgg_source, VGG_SOURCES)
         if kind == "random":
             if not allow_random_vgg:
-                raise ValueError("kind='random' (Random SeSim) uses an untrained VGG-19 whose "
-                                 "features carry no ImageNet prior; pass allow_random_vgg=True "
-                                 "if that is intended")
+                raise ValueError(
+                    "kind='random' (Random SeSim) uses an untrained VGG-19 whose "
+                    "features carry no ImageNet prior; pass allow_random_vgg=True "
+                    "if that is intended"
+                )
             if vgg_source not in (None, "random") or vgg_weights is not None:
-                raise ValueError(f"kind='random' builds its own random backbone; vgg_source "
-                                 f"{vgg_source!r} / vgg_weights {vgg_weights!r} do not apply "
-                                 f"(use kind='fixed' for pretrained weights)")
+                raise ValueError(
+                    f"kind='random' builds its own random backbone; vgg_source "
+                    f"{vgg_source!r} / vgg_weights {vgg_weights!r} do not apply "
+                    f"(use kind='fixed' for pretrained weights)"
+                )
             vgg_source = "random"
-        if kind == "learned" and (isinstance(head_channels, bool)
-                                  or not isinstance(head_channels, int) or head_channels < 1):
+        if kind == "learned" and (
+            isinstance(head_channels, bool)
+            or not isinstance(head_channels, int)
+            or head_channels < 1
+        ):
             raise ValueError(f"head_channels must be a positive integer; got {head_channels!r}")
         self.kind = kind
-        self.backbone = VGGFeatures(layers, source=vgg_source or "torchvision",
-                                    weights=vgg_weights, allow_random=allow_random_vgg,
-                                    preprocess=preprocess, frozen=True)
+        self.backbone = VGGFeatures(
+            layers,
+            source=vgg_source or "torchvision",
+            weights=vgg_weights,
+            allow_random=allow_random_vgg,
+            preprocess=preprocess,
+            frozen=True,
+        )
         self.heads = nn.ModuleList()
         if kind == "learned":
             self.heads.extend(
-                nn.Sequential(nn.Conv2d(c, head_channels, 1), nn.ReLU(),
-                              nn.Conv2d(head_channels, head_channels, 1))
+                nn.Sequential(
+                    nn.Conv2d(c, head_channels, 1),
+                    nn.ReLU(),
+                    nn.Conv2d(head_channels, head_channels, 1),
+                )
                 for c in self.backbone.channels
             )
             # kaiming (fan-in) keeps the head's activations O(1) behind the ReLU
@@ -167,9 +182,11 @@ def appearance_augment(x: Tensor, generator: torch.Generator | None = None) -> T
         ``(B, 3, H, W)`` in [-1, 1], same dtype and device; not differentiable in the draws.
     """
     if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
-        raise ValueError(f"x must be a floating-point (B, 3, H, W) image tensor; got "
-                         f"{getattr(x, 'dtype', type(x).__name__)} of shape "
-                         f"{tuple(getattr(x, 'shape', ()))}")
+        raise ValueError(
+            f"x must be a floating-point (B, 3, H, W) image tensor; got "
+            f"{getattr(x, 'dtype', type(x).__name__)} of shape "
+            f"{tuple(getattr(x, 'shape', ()))}"
+        )
     b = x.shape[0]
     device = generator.device if generator is not None else torch.device("cpu")
 
@@ -187,8 +204,12 @@ def appearance_augment(x: Tensor, generator: torch.Generator | None = None) -> T
     y = torch.where(uniform(0, 1) < P_GRAY, _luma(y).expand_as(y), y)
     blur = uniform(0, 1).flatten() < P_BLUR
     sigma = uniform(*BLUR_SIGMA).flatten()
-    y = torch.stack([_gaussian_blur(img, float(s)) if flag else img
-                     for img, s, flag in zip(y, sigma, blur.tolist())])
+    y = torch.stack(
+        [
+            _gaussian_blur(img, float(s)) if flag else img
+            for img, s, flag in zip(y, sigma, blur.tolist())
+        ]
+    )
     noise = torch.randn(y.shape, generator=generator, device=device, dtype=y.dtype)
     y = (y + NOISE_STD * noise.to(y.device)).clamp(0, 1)
     return y * 2 - 1

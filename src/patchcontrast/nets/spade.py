@@ -73,15 +73,18 @@ def one_hot_labels(labels: Tensor, label_nc: int, *, dont_care: bool = False) ->
     if labels.dim() == 4 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.dim() != 3:
-        raise ValueError(f"labels must have shape (B, H, W) or (B, 1, H, W), "
-                         f"got {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must have shape (B, H, W) or (B, 1, H, W), got {tuple(labels.shape)}"
+        )
     n = label_nc + int(dont_care)
     bad = (labels < 0) | (labels >= n)
     if bad.any():
         values = torch.unique(labels[bad]).tolist()
         shown = ", ".join(map(str, values[:10])) + (", ..." if len(values) > 10 else "")
-        raise ValueError(f"labels must lie in [0, {n - 1}] (label_nc={label_nc}, "
-                         f"dont_care={dont_care}); found invalid values {shown}")
+        raise ValueError(
+            f"labels must lie in [0, {n - 1}] (label_nc={label_nc}, "
+            f"dont_care={dont_care}); found invalid values {shown}"
+        )
     b, h, w = labels.shape
     out = torch.zeros(b, n, h, w, device=labels.device)
     return out.scatter_(1, labels.long().unsqueeze(1), 1.0)
@@ -99,8 +102,15 @@ class SPADE(nn.Module):
     Shapes: ``x (B, C, H, W)``, ``seg (B, label_nc, h, w)`` one-hot or soft -> ``(B, C, H, W)``.
     """
 
-    def __init__(self, channels: int, label_nc: int, *, norm: SpadeNorm = "batch",
-                 hidden: int = 128, kernel_size: int = 3) -> None:
+    def __init__(
+        self,
+        channels: int,
+        label_nc: int,
+        *,
+        norm: SpadeNorm = "batch",
+        hidden: int = 128,
+        kernel_size: int = 3,
+    ) -> None:
         super().__init__()
         _check_choice("norm", norm, SPADE_NORMS)
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -111,8 +121,9 @@ class SPADE(nn.Module):
         else:
             self.param_free_norm = nn.InstanceNorm2d(channels, affine=False)
         pad = kernel_size // 2  # "same" padding keeps gamma/beta at x's resolution
-        self.mlp_shared = nn.Sequential(nn.Conv2d(label_nc, hidden, kernel_size, padding=pad),
-                                        nn.ReLU())
+        self.mlp_shared = nn.Sequential(
+            nn.Conv2d(label_nc, hidden, kernel_size, padding=pad), nn.ReLU()
+        )
         self.mlp_gamma = nn.Conv2d(hidden, channels, kernel_size, padding=pad)
         self.mlp_beta = nn.Conv2d(hidden, channels, kernel_size, padding=pad)
 
@@ -132,8 +143,15 @@ class SPADEResBlock(nn.Module):
     (``norm_G=spectral...``). Park et al. 2019, Fig. 4; docs/design.md §4.5.
     """
 
-    def __init__(self, fin: int, fout: int, label_nc: int, *, norm: SpadeNorm = "batch",
-                 spectral: bool = True) -> None:
+    def __init__(
+        self,
+        fin: int,
+        fout: int,
+        label_nc: int,
+        *,
+        norm: SpadeNorm = "batch",
+        spectral: bool = True,
+    ) -> None:
         super().__init__()
         fmid = min(fin, fout)
         self.learned_shortcut = fin != fout
@@ -169,9 +187,16 @@ class SPADEGenerator(nn.Module):
     Every ResBlock is modulated by the full-resolution label map.
     """
 
-    def __init__(self, label_nc: int, *, ngf: int = 64,
-                 num_upsampling_layers: Upsampling = "normal", norm: SpadeNorm = "batch",
-                 spectral: bool = True, output_nc: int = 3) -> None:
+    def __init__(
+        self,
+        label_nc: int,
+        *,
+        ngf: int = 64,
+        num_upsampling_layers: Upsampling = "normal",
+        norm: SpadeNorm = "batch",
+        spectral: bool = True,
+        output_nc: int = 3,
+    ) -> None:
         super().__init__()
         _check_choice("num_upsampling_layers", num_upsampling_layers, UPSAMPLINGS)
         _check_choice("norm", norm, SPADE_NORMS)
@@ -205,16 +230,22 @@ class SPADEGenerator(nn.Module):
     def forward(self, seg: Tensor) -> Tensor:
         """``seg (B, label_nc, H, W)`` float one-hot -> ``(B, output_nc, H, W)`` in [-1, 1]."""
         if seg.dim() != 4 or seg.shape[1] != self.label_nc:
-            raise ValueError(f"SPADEGenerator expects a label map of shape (B, {self.label_nc}, H, "
-                             f"W), got {tuple(seg.shape)}; integer maps go through one_hot_labels")
+            raise ValueError(
+                f"SPADEGenerator expects a label map of shape (B, {self.label_nc}, H, "
+                f"W), got {tuple(seg.shape)}; integer maps go through one_hot_labels"
+            )
         if not seg.dtype.is_floating_point:
-            raise ValueError(f"SPADEGenerator expects a float one-hot label map, got dtype "
-                             f"{seg.dtype}; use one_hot_labels")
+            raise ValueError(
+                f"SPADEGenerator expects a float one-hot label map, got dtype "
+                f"{seg.dtype}; use one_hot_labels"
+            )
         h, w = seg.shape[2:]
         m = self.size_multiple
         if h % m or w % m:
-            raise ValueError(f"SPADEGenerator(num_upsampling_layers={self.num_upsampling_layers!r})"
-                             f" needs H and W divisible by {m}, got {h}x{w}")
+            raise ValueError(
+                f"SPADEGenerator(num_upsampling_layers={self.num_upsampling_layers!r})"
+                f" needs H and W divisible by {m}, got {h}x{w}"
+            )
 
         def up(t: Tensor) -> Tensor:
             return F.interpolate(t, scale_factor=2, mode="nearest")
@@ -240,8 +271,9 @@ class _NLayerDiscriminator(nn.Module):
     def __init__(self, in_channels: int, ndf: int, n_layers: int, norm: DiscriminatorNorm) -> None:
         super().__init__()
         pad = 2  # ceil((kernel 4 - 1) / 2), as SPADE
-        blocks: list[nn.Module] = [nn.Sequential(
-            nn.Conv2d(in_channels, ndf, 4, stride=2, padding=pad), nn.LeakyReLU(0.2))]
+        blocks: list[nn.Module] = [
+            nn.Sequential(nn.Conv2d(in_channels, ndf, 4, stride=2, padding=pad), nn.LeakyReLU(0.2))
+        ]
         c = ndf
         for n in range(1, n_layers):
             c_out = min(c * 2, 512)
@@ -282,8 +314,15 @@ class MultiscaleDiscriminator(nn.Module):
     False)``; ``"instance"`` drops the spectral norm; ``"none"`` uses neither (convs keep bias).
     """
 
-    def __init__(self, in_channels: int, *, ndf: int = 64, n_layers: int = 4, num_d: int = 2,
-                 norm: DiscriminatorNorm = "spectralinstance") -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        ndf: int = 64,
+        n_layers: int = 4,
+        num_d: int = 2,
+        norm: DiscriminatorNorm = "spectralinstance",
+    ) -> None:
         super().__init__()
         _check_choice("norm", norm, DISCRIMINATOR_NORMS)
         if n_layers < 1:
@@ -292,13 +331,16 @@ class MultiscaleDiscriminator(nn.Module):
             raise ValueError(f"num_d must be >= 1, got {num_d}")
         self.in_channels = in_channels
         self.scales = nn.ModuleList(
-            _NLayerDiscriminator(in_channels, ndf, n_layers, norm) for _ in range(num_d))
+            _NLayerDiscriminator(in_channels, ndf, n_layers, norm) for _ in range(num_d)
+        )
         _init_spade(self)
 
     def forward(self, x: Tensor) -> list[list[Tensor]]:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"MultiscaleDiscriminator expects (B, {self.in_channels}, H, W) "
-                             f"inputs, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"MultiscaleDiscriminator expects (B, {self.in_channels}, H, W) "
+                f"inputs, got shape {tuple(x.shape)}"
+            )
         results = []
         for i, scale in enumerate(self.scales):
             if i > 0:
@@ -307,8 +349,12 @@ class MultiscaleDiscriminator(nn.Module):
         return results
 
 
-def feature_matching_loss(fake: list[list[Tensor]], real: list[list[Tensor]], *,
-                          layer_reduction: Literal["sum", "mean"] = "sum") -> Tensor:
+def feature_matching_loss(
+    fake: list[list[Tensor]],
+    real: list[list[Tensor]],
+    *,
+    layer_reduction: Literal["sum", "mean"] = "sum",
+) -> Tensor:
     """Discriminator feature matching (pix2pixHD, SPADE), without ``lambda_feat``.
 
     ``L = (1/S) * sum_s R_{l < L_s} mean|D_s^l(fake) - sg(D_s^l(real))|`` over the ``S`` scales and
@@ -320,18 +366,23 @@ def feature_matching_loss(fake: list[list[Tensor]], real: list[list[Tensor]], *,
     """
     _check_choice("layer_reduction", layer_reduction, ("sum", "mean"))
     if len(fake) != len(real) or not fake:
-        raise ValueError(f"fake and real must hold the same, non-zero number of scales, got "
-                         f"{len(fake)} and {len(real)}")
+        raise ValueError(
+            f"fake and real must hold the same, non-zero number of scales, got "
+            f"{len(fake)} and {len(real)}"
+        )
     total = fake[0][-1].new_zeros(())
     for s, (f_s, r_s) in enumerate(zip(fake, real)):
         if len(f_s) != len(r_s) or len(f_s) < 2:
-            raise ValueError(f"scale {s}: fake and real must hold the same number (>= 2) of "
-                             f"outputs, got {len(f_s)} and {len(r_s)}")
+            raise ValueError(
+                f"scale {s}: fake and real must hold the same number (>= 2) of "
+                f"outputs, got {len(f_s)} and {len(r_s)}"
+            )
         layers = []
         for f, r in zip(f_s[:-1], r_s[:-1]):
             if f.shape != r.shape:
-                raise ValueError(f"scale {s}: feature shapes differ, {tuple(f.shape)} vs "
-                                 f"{tuple(r.shape)}")
+                raise ValueError(
+                    f"scale {s}: feature shapes differ, {tuple(f.shape)} vs {tuple(r.shape)}"
+                )
             layers.append(F.l1_loss(f, r.detach()))
         stacked = torch.stack(layers)
         total = total + (stacked.sum() if layer_reduction == "sum" else stacked.mean())

@@ -87,8 +87,16 @@ class Blur(nn.Module):
 class EqualConv2d(nn.Module):
     """Conv with equalised learning rate: ``conv(x, w / sqrt(C_in k^2)) + b``, ``w ~ N(0, 1)``."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1,
-                 padding: int = 0, bias: bool = True) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel, kernel))
         self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
@@ -129,15 +137,28 @@ class ConvLayer(nn.Module):
     only if ``bias``.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, *, downsample: bool = False,
-                 activate: bool = True, bias: bool = True) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int,
+        *,
+        downsample: bool = False,
+        activate: bool = True,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
         # blur (4 taps) + conv (k taps) at stride 2 needs 4 - 2 + k - 1 padding to halve H
         p = 2 + kernel - 1
         self.blur = Blur(((p + 1) // 2, p // 2)) if downsample else None
-        self.conv = EqualConv2d(in_ch, out_ch, kernel, stride=2 if downsample else 1,
-                                padding=0 if downsample else kernel // 2,
-                                bias=bias and not activate)
+        self.conv = EqualConv2d(
+            in_ch,
+            out_ch,
+            kernel,
+            stride=2 if downsample else 1,
+            padding=0 if downsample else kernel // 2,
+            bias=bias and not activate,
+        )
         self.act = FusedLeakyReLU(out_ch) if activate else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -158,8 +179,11 @@ class StyleResBlock(nn.Module):
         self.conv1 = ConvLayer(in_ch, in_ch, 3)
         self.conv2 = ConvLayer(in_ch, out_ch, 3, downsample=downsample)
         change = downsample or in_ch != out_ch
-        self.skip = ConvLayer(in_ch, out_ch, 1, downsample=downsample, activate=False,
-                              bias=False) if change else None
+        self.skip = (
+            ConvLayer(in_ch, out_ch, 1, downsample=downsample, activate=False, bias=False)
+            if change
+            else None
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         skip = x if self.skip is None else self.skip(x)
@@ -180,8 +204,9 @@ class NoiseInjection(nn.Module):
     def __init__(self, eval_noise: EvalNoise = "fixed") -> None:
         super().__init__()
         if eval_noise not in EVAL_NOISE:
-            raise ValueError(f"eval_noise must be one of {', '.join(EVAL_NOISE)}, "
-                             f"got {eval_noise!r}")
+            raise ValueError(
+                f"eval_noise must be one of {', '.join(EVAL_NOISE)}, got {eval_noise!r}"
+            )
         self.weight = nn.Parameter(torch.zeros(1))
         self.eval_noise = eval_noise
 
@@ -207,8 +232,15 @@ class StyledConv(nn.Module):
     ``(B, C_in, H, W) -> (B, C_out, 2H, 2W)``.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int = 3, *, upsample: bool = True,
-                 eval_noise: EvalNoise = "fixed") -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int = 3,
+        *,
+        upsample: bool = True,
+        eval_noise: EvalNoise = "fixed",
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel, kernel))
         self.scale = 1 / math.sqrt(in_ch * kernel * kernel)
@@ -270,19 +302,28 @@ class StyleGAN2Generator(TappedGenerator):
 
     default_layers = SINCUT_LAYERS
 
-
-    def __init__(self, input_nc: int = 3, output_nc: int = 3, ngf: int = 10,
-                 n_downsampling: int = 1, *, size: int = 64,
-                 eval_noise: EvalNoise = "fixed") -> None:
+    def __init__(
+        self,
+        input_nc: int = 3,
+        output_nc: int = 3,
+        ngf: int = 10,
+        n_downsampling: int = 1,
+        *,
+        size: int = 64,
+        eval_noise: EvalNoise = "fixed",
+    ) -> None:
         super().__init__()
         if ngf < 1:
             raise ValueError(f"ngf must be >= 1, got {ngf}")
         if not _is_power_of_two(size):
             raise ValueError(f"size must be a power of two (the working resolution), got {size}")
-        if not (isinstance(n_downsampling, int) and 1 <= n_downsampling
-                and size >> n_downsampling >= 4):
-            raise ValueError(f"n_downsampling must be an int >= 1 with size / 2**n_downsampling "
-                             f">= 4, got n_downsampling={n_downsampling}, size={size}")
+        if not (
+            isinstance(n_downsampling, int) and 1 <= n_downsampling and size >> n_downsampling >= 4
+        ):
+            raise ValueError(
+                f"n_downsampling must be an int >= 1 with size / 2**n_downsampling "
+                f">= 4, got n_downsampling={n_downsampling}, size={size}"
+            )
         self.input_nc, self.n_downsampling = input_nc, n_downsampling
         layers: list[nn.Module] = []
         channels: list[int] = []  # output channels per entry, so tap_channels needs no forward
@@ -312,14 +353,18 @@ class StyleGAN2Generator(TappedGenerator):
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.input_nc:
-            raise ValueError(f"StyleGAN2Generator expects (B, {self.input_nc}, H, W) images, "
-                             f"got shape {tuple(x.shape)}")
-        m = max(4, 2 ** self.n_downsampling)
+            raise ValueError(
+                f"StyleGAN2Generator expects (B, {self.input_nc}, H, W) images, "
+                f"got shape {tuple(x.shape)}"
+            )
+        m = max(4, 2**self.n_downsampling)
         h, w = x.shape[-2:]
         if h % m or w % m:
-            raise ValueError(f"StyleGAN2Generator needs height and width divisible by {m} "
-                             f"({self.n_downsampling} 2x down/up-sampling(s), sides multiple of "
-                             f"4 as upstream), got {h}x{w}")
+            raise ValueError(
+                f"StyleGAN2Generator needs height and width divisible by {m} "
+                f"({self.n_downsampling} 2x down/up-sampling(s), sides multiple of "
+                f"4 as upstream), got {h}x{w}"
+            )
 
 
 class StyleGAN2Discriminator(nn.Module):
@@ -337,8 +382,10 @@ class StyleGAN2Discriminator(nn.Module):
         if ndf < 1:
             raise ValueError(f"ndf must be >= 1, got {ndf}")
         if not (_is_power_of_two(size) and size >= 4):
-            raise ValueError(f"size must be a power of two >= 4 (the square crop the "
-                             f"discriminator sees), got {size}")
+            raise ValueError(
+                f"size must be a power of two >= 4 (the square crop the "
+                f"discriminator sees), got {size}"
+            )
         self.input_nc, self.size = input_nc, size
         c = _discriminator_channels(size, ndf)
         blocks: list[nn.Module] = [ConvLayer(input_nc, c, 1)]
@@ -350,15 +397,18 @@ class StyleGAN2Discriminator(nn.Module):
         self.convs = nn.Sequential(*blocks)
         c4 = _discriminator_channels(4, ndf)
         self.final_conv = ConvLayer(c, c4, 3)
-        self.final_linear = nn.Sequential(EqualLinear(c4 * 4 * 4, c4, activate=True),
-                                          EqualLinear(c4, 1))
+        self.final_linear = nn.Sequential(
+            EqualLinear(c4 * 4 * 4, c4, activate=True), EqualLinear(c4, 1)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """Realness logits ``(B, 1)`` for ``(B, input_nc, size, size)`` images."""
         if x.dim() != 4 or tuple(x.shape[1:]) != (self.input_nc, self.size, self.size):
-            raise ValueError(f"StyleGAN2Discriminator(size={self.size}) expects (B, "
-                             f"{self.input_nc}, {self.size}, {self.size}) images, got shape "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"StyleGAN2Discriminator(size={self.size}) expects (B, "
+                f"{self.input_nc}, {self.size}, {self.size}) images, got shape "
+                f"{tuple(x.shape)}"
+            )
         out = self.final_conv(self.convs(x))  # (B, channels[4], 4, 4)
         return self.final_linear(out.flatten(1))
 
@@ -373,10 +423,14 @@ def r1_penalty(real_pred: Tensor, real_images: Tensor) -> Tensor:
     Returns a scalar.
     """
     if not real_images.requires_grad:
-        raise ValueError("real_images must require grad: call real_images.requires_grad_() "
-                         "before computing real_pred = D(real_images)")
+        raise ValueError(
+            "real_images must require grad: call real_images.requires_grad_() "
+            "before computing real_pred = D(real_images)"
+        )
     if not real_pred.requires_grad:
-        raise ValueError("real_pred does not depend on anything that requires grad; it must be "
-                         "D(real_images) computed with gradients enabled")
+        raise ValueError(
+            "real_pred does not depend on anything that requires grad; it must be "
+            "D(real_images) computed with gradients enabled"
+        )
     (grad,) = torch.autograd.grad(real_pred.sum(), real_images, create_graph=True)
     return 0.5 * grad.pow(2).flatten(1).sum(1).mean()

