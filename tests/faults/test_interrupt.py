@@ -78,19 +78,20 @@ def test_a_signal_while_translate_writes_an_image(sig, trained, tmp_path, monkey
     assert_whole(out)
 
 
-def test_sigterm_during_evaluate_run_then_again(trained, tmp_path, monkeypatch):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_evaluate_run_then_again(sig, trained, tmp_path, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(trained / "run", run)
     real = evaluate.evaluate_folders
 
     def stopped(*args, **kwargs):  # after the translations, before any metric
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sig)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(evaluate, "_plot", lambda rows, path: None)
     with monkeypatch.context() as patch:
         patch.setattr(evaluate, "evaluate_folders", stopped)
-        assert main(["evaluate", "--run", str(run)]) == 143
+        assert main(["evaluate", "--run", str(run)]) == 128 + sig
     assert not (run / "eval" / "summary.json").exists()
     assert not (run / "eval" / "metrics.csv").exists()
     assert_whole(run / "eval")
@@ -99,7 +100,8 @@ def test_sigterm_during_evaluate_run_then_again(trained, tmp_path, monkeypatch):
     assert (run / "eval" / "summary.json").is_file() and (run / "eval" / "metrics.csv").is_file()
 
 
-def test_sigterm_during_a_sweep_then_the_sweep_resumes(tmp_path, monkeypatch):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_a_sweep_then_the_sweep_resumes(sig, tmp_path, monkeypatch):
     spec = tmp_path / "tiny.yaml"
     spec.write_text(
         yaml.safe_dump(
@@ -118,7 +120,7 @@ def test_sigterm_during_a_sweep_then_the_sweep_resumes(tmp_path, monkeypatch):
     def stopped(run_dir, **kwargs):  # the first run trained, its evaluation under way
         calls.append(run_dir)
         if len(calls) == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), sig)
         return real(run_dir, **kwargs)
 
     monkeypatch.setattr(evaluate, "_plot", lambda rows, path: None)
@@ -127,7 +129,7 @@ def test_sigterm_during_a_sweep_then_the_sweep_resumes(tmp_path, monkeypatch):
     )
     with monkeypatch.context() as patch:
         patch.setattr(evaluate, "evaluate_run", stopped)
-        assert main(argv) == 143
+        assert main(argv) == 128 + sig
     status = yaml.safe_load((tmp_path / "sweeps" / "tiny" / "status.json").read_text())
     assert [s["status"] for s in status.values()] == ["interrupted", "pending"]
     first = calls[0]
