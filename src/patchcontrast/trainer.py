@@ -49,7 +49,6 @@ from patchcontrast.distributed import (
     setup,
     sync_batchnorm,
 )
-from patchcontrast.nets.layers import ResnetBlock
 from patchcontrast.objectives.base import Objective, Phase
 from patchcontrast.runstate import (
     atomic_save,
@@ -232,40 +231,32 @@ def apply_switches(
     """The speed/memory switches of :class:`TrainConfig`, applied to ``objective`` in place.
 
     ``channels_last``: 4-D weights in NHWC (inputs must follow, see ``Trainer``).
-    ``checkpoint_activations``: every :class:`ResnetBlock` (the CUT generator's bottleneck, the
-    bulk of its activations) recomputes its inner activations in the backward, keeping only its
-    input. Refused for objectives without such blocks: SPADE's blocks hold BatchNorm, whose
-    running statistics the recomputation would update twice.
+    ``checkpoint_activations``: every network with a ``set_grad_checkpointing`` method (the CUT
+    generators: their residual blocks hold the bulk of the activations) recomputes those
+    activations in the backward. Refused for objectives without one: SPADE's blocks hold
+    BatchNorm, whose running statistics the recomputation would update twice.
     ``compile``: ``Module.compile()`` (in place, same ``state_dict``) of every network the phases
-    name and of every ResnetBlock: ``ResnetGenerator.encode``/``forward_with_features`` call the
-    generator's layers one by one, so its ``forward`` alone would miss the NCE passes. Static
-    shapes: a new shape (the sample grid's batch) compiles once more instead of switching to
-    dynamic shapes, which failed in Inductor (torch 2.14, CPU) for these networks.
+    name (the generators also compile their layers, for the encoder passes). Static shapes: a
+    new shape (the sample grid's batch) compiles once more instead of switching to dynamic
+    shapes, which failed in Inductor (torch 2.14, CPU) for these networks.
     """
-    blocks = [m for m in objective.modules() if isinstance(m, ResnetBlock)]
-    if checkpoint_activations and not blocks:
-        raise ValueError(
-            f"TrainConfig.checkpoint_activations=True: {type(objective).__name__} has "
-            "no ResnetBlock (CUT generator) to checkpoint; use false"
-        )
+    if checkpoint_activations:
+        switched = [
+            m.set_grad_checkpointing(True)
+            for m in objective.modules()
+            if hasattr(m, "set_grad_checkpointing")
+        ]
+        if not any(switched):
+            raise ValueError(
+                f"TrainConfig.checkpoint_activations=True: {type(objective).__name__} has "
+                "no network with residual blocks (CUT generator) to checkpoint; use false"
+            )
     if channels_last:
         objective.to(memory_format=torch.channels_last)
-    if checkpoint_activations:
-        from torch.utils.checkpoint import checkpoint
-
-        for block in blocks:
-
-            def run(x: torch.Tensor, forward=block.forward) -> torch.Tensor:
-                if not torch.is_grad_enabled():
-                    return forward(x)
-                # non-reentrant: works when x needs no grad and replays dropout's RNG exactly
-                return checkpoint(forward, x, use_reentrant=False)
-
-            block.forward = run
     if compile:
         names = {m for p in objective.phases for m in p.modules + p.frozen}
-        for module in [getattr(objective, n) for n in sorted(names)] + blocks:
-            module.compile(dynamic=False)
+        for name in sorted(names):
+            getattr(objective, name).compile(dynamic=False)
 
 
 class Trainer:

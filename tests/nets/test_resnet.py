@@ -289,3 +289,23 @@ def test_fourier_features_follow_the_formula_at_any_size():
         assert torch.allclose(feats[0, 9, :, 0], torch.cos(torch.pi * v), atol=1e-5)
     with pytest.raises(ValueError, match="octaves"):
         FourierPosition(4, octaves=0)
+
+
+def test_grad_checkpointing_switches_every_block_and_changes_no_gradient():
+    torch.manual_seed(0)
+    g = ResnetGenerator(ngf=8, n_blocks=3)
+    x = torch.randn(2, 3, 16, 16)
+
+    def grads():
+        g.zero_grad()
+        out, feats = g.forward_with_features(x)
+        (out.square().mean() + sum(f.mean() for f in feats)).backward()
+        return [p.grad.clone() for p in g.parameters()]
+
+    plain = grads()
+    assert g.set_grad_checkpointing(True) == 3
+    assert all(b.grad_checkpointing for b in g.net if isinstance(b, ResnetBlock))
+    for a, b in zip(plain, grads()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert g.set_grad_checkpointing(False) == 3
+    assert not any(b.grad_checkpointing for b in g.net if isinstance(b, ResnetBlock))

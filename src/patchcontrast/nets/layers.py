@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 InitKind = Literal["normal", "xavier", "kaiming", "orthogonal"]
 INIT_KINDS = ("normal", "xavier", "kaiming", "orthogonal")
@@ -112,8 +113,17 @@ class ResnetBlock(nn.Module):
             nn.InstanceNorm2d(channels),
         ]
         self.block = nn.Sequential(*layers)
+        # set by TappedGenerator.set_grad_checkpointing: recompute the inner activations in the
+        # backward, keeping only the input (the bottleneck holds most of G's activations)
+        self.grad_checkpointing = False
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            # non-reentrant: works when x needs no grad and replays dropout's RNG exactly
+            return checkpoint(self._residual, x, use_reentrant=False)
+        return self._residual(x)
+
+    def _residual(self, x: Tensor) -> Tensor:
         return x + self.block(x)
 
 
@@ -193,6 +203,21 @@ class TappedGenerator(nn.Module):
     """
 
     default_layers: tuple[int, ...] = ()
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> int:
+        """Recompute the residual blocks' activations in the backward instead of keeping them
+        (``TrainConfig.checkpoint_activations``); returns how many blocks do so."""
+        blocks = [m for m in self.net if isinstance(m, ResnetBlock)]
+        for block in blocks:
+            block.grad_checkpointing = enabled
+        return len(blocks)
+
+    def compile(self, *args, **kwargs) -> None:
+        """``Module.compile`` of every entry as well: ``encode`` and ``forward_with_features``
+        call the entries one by one, so a compiled ``forward`` alone would miss the NCE passes."""
+        super().compile(*args, **kwargs)
+        for layer in self.net:
+            layer.compile(*args, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
         """Translate ``(B, input_nc, H, W) -> (B, output_nc, H, W)``."""
