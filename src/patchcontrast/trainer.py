@@ -20,7 +20,6 @@ alone logs, writes samples and checkpoints (the same files as a single process w
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -30,15 +29,14 @@ import time
 import warnings
 from collections import defaultdict
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
+from patchcontrast.config import TrainConfig
 from patchcontrast.distributed import (
     any_rank,
     average_gradients,
@@ -70,121 +68,8 @@ from patchcontrast.runstate import (
     writing,
 )
 
-_CHOICES = {"schedule_unit": ("epoch", "step"), "amp": ("none", "bf16", "fp16")}
 # settings whose change between a checkpoint and its resumption breaks exact continuation
 _TRAJECTORY = ("n_epochs", "n_epochs_decay", "schedule_unit", "batch_size", "seed", "amp")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Settings of :class:`Trainer` (saved as ``config.json["train"]`` and in checkpoints).
-
-    Attributes:
-        run_dir: output folder of the run.
-        n_epochs, n_epochs_decay: constant-LR length, then linear-decay length (CUT: 200 + 200).
-            Counted in epochs (``len(dataset) // batch_size`` iterations each) when
-            ``schedule_unit="epoch"`` (CUT), in iterations when ``"step"``. One may be 0.
-        batch_size, num_workers: DataLoader settings (``drop_last=True``, as upstream), per
-            process: under torchrun with N processes a step sees ``N * batch_size`` images.
-        seed: data order, RNGs and DataLoader workers; in ``[0, 2**32)``.
-        deterministic: deterministic algorithms and cuDNN (else ``cudnn.benchmark``, as upstream).
-        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; under
-            torchrun ``"auto"``/``"cuda"`` mean ``cuda:LOCAL_RANK``.
-        amp: autocast dtype on CUDA (``"fp16"`` adds one GradScaler per phase); the contrastive
-            logits and Sinkhorn always run in float32.
-        channels_last: NHWC memory format for the networks and the image batches.
-        compile: ``torch.compile`` the networks in place (``state_dict`` keys unchanged).
-        checkpoint_activations: recompute the activations of the generator's residual blocks in
-            the backward instead of storing them (less memory at high resolution, more time).
-        log_every, sample_every, checkpoint_every: periods in iterations.
-        keep_last: number of ``step_*.pt`` checkpoints kept.
-        max_steps: stop after this many iterations; the schedule is unchanged (tests, CI).
-        time_budget_s: the wall-clock budget (seconds) that ``pipeline.plan_time_budget`` fitted
-            the schedule to (``n_epochs`` + ``n_epochs_decay`` iterations); a record of the
-            plan, which a resumed run keeps. None: the schedule was given directly.
-    """
-
-    run_dir: str
-    n_epochs: int = 200
-    n_epochs_decay: int = 200
-    schedule_unit: Literal["epoch", "step"] = "epoch"
-    batch_size: int = 1
-    num_workers: int = 0
-    seed: int = 0
-    deterministic: bool = False
-    device: str = "auto"
-    amp: Literal["none", "bf16", "fp16"] = "none"
-    log_every: int = 50
-    sample_every: int = 500
-    checkpoint_every: int = 1000
-    keep_last: int = 3
-    max_steps: int | None = None
-    channels_last: bool = False
-    compile: bool = False
-    checkpoint_activations: bool = False
-    time_budget_s: float | None = None
-
-    def __post_init__(self):
-        lows = dict(
-            n_epochs=0,
-            n_epochs_decay=0,
-            num_workers=0,
-            seed=0,
-            batch_size=1,
-            log_every=1,
-            sample_every=1,
-            checkpoint_every=1,
-            keep_last=1,
-            max_steps=1,
-        )
-        for name, low in lows.items():
-            value = getattr(self, name)
-            if name == "max_steps" and value is None:
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"TrainConfig.{name} must be an integer >= {low}, got {value!r}")
-        if self.seed >= 2**32:
-            raise ValueError(f"TrainConfig.seed must be < 2**32, got {self.seed}")
-        for name in ("channels_last", "compile", "checkpoint_activations"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(
-                    f"TrainConfig.{name} must be true or false, got {getattr(self, name)!r}"
-                )
-        if self.time_budget_s is not None and not (
-            isinstance(self.time_budget_s, (int, float)) and self.time_budget_s > 0
-        ):
-            raise ValueError(
-                f"TrainConfig.time_budget_s must be > 0 or null, got {self.time_budget_s!r}"
-            )
-        if self.n_epochs + self.n_epochs_decay == 0:
-            raise ValueError("TrainConfig.n_epochs + TrainConfig.n_epochs_decay must be > 0")
-        for name, choices in _CHOICES.items():
-            if getattr(self, name) not in choices:
-                raise ValueError(
-                    f"TrainConfig.{name} must be one of {choices}, got {getattr(self, name)!r}"
-                )
-        if not isinstance(self.run_dir, str) or not self.run_dir:
-            raise ValueError(f"TrainConfig.run_dir must be a non-empty str, got {self.run_dir!r}")
-        if self.device != "auto":
-            try:
-                device = torch.device(self.device)
-            except (RuntimeError, TypeError) as e:
-                raise ValueError(f"TrainConfig.device: unknown device {self.device!r}") from e
-            if device.type != "cuda" and self.amp != "none":
-                raise ValueError(
-                    f"TrainConfig.amp={self.amp!r} needs a CUDA device, "
-                    f"got device={self.device!r}; use amp='none'"
-                )
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 def _stats_line(line: str) -> dict | None:
