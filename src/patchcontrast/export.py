@@ -455,21 +455,23 @@ def _metrics(run_dir: Path | None, step: int) -> list[str]:
     return lines
 
 
+# how to translate with a model folder, in the model cards of exported and imported models
+USAGE = (
+    "```bash",
+    "patchcontrast translate --checkpoint MODEL_DIR --input images/ --output out/",
+    "```",
+    "",
+    "```python",
+    "from patchcontrast.translator import Translator",
+    "",
+    'translator = Translator.from_pretrained("MODEL_DIR")  # a local folder',
+    'y = translator.translate_file("input.png")  # (C, H, W) in [-1, 1]',
+    "```",
+)
+
+
 def _usage(config: dict) -> list[str]:
-    lines = [
-        "With patchcontrast installed, where MODEL_DIR is this folder:",
-        "",
-        "```bash",
-        "patchcontrast translate --checkpoint MODEL_DIR --input images/ --output out/",
-        "```",
-        "",
-        "```python",
-        "from patchcontrast.translator import Translator",
-        "",
-        'translator = Translator.from_pretrained("MODEL_DIR")  # a local folder',
-        'y = translator.translate_file("input.png")  # (C, H, W) in [-1, 1]',
-        "```",
-    ]
+    lines = ["With patchcontrast installed, where MODEL_DIR is this folder:", "", *USAGE]
     if "onnx" in config:
         onnx = config["onnx"]
         lines += [

@@ -378,6 +378,8 @@ def import_model(path: str | Path, output: str | Path, *, direction: str | None 
 
 def import_card(config: dict) -> str:
     """README.md of an imported model folder: where the weights come from and what is known."""
+    from .export import USAGE
+
     source, arch = config["imported_from"], config["imported_from"]["architecture"]
     front = yaml.safe_dump(
         {
@@ -419,16 +421,7 @@ def import_card(config: dict) -> str:
             "",
             "## Use",
             "",
-            "```bash",
-            "patchcontrast translate --checkpoint MODEL_DIR --input images/ --output out/",
-            "```",
-            "",
-            "```python",
-            "from patchcontrast.translator import Translator",
-            "",
-            'translator = Translator.from_pretrained("MODEL_DIR")  # a local folder',
-            'y = translator.translate_file("input.png")  # (C, H, W) in [-1, 1]',
-            "```",
+            *USAGE,
             "",
             "It translates as the official `test.py --eval` does: images in [-1, 1], any size "
             "(padded to a multiple of 4 and cropped back), dropout inactive.",
