@@ -310,7 +310,7 @@ def model_card(config: dict, run: dict, run_dir: Path | None) -> str:
     steps = (
         f"{config['step']} iterations of batch {train['batch_size']} (schedule: "
         f"{train['n_epochs']} {train['schedule_unit']}s at a constant learning rate, then "
-        f"{train['n_epochs_decay']} decaying to 0)"
+        f"{train['n_epochs_decay']} decaying linearly to 1/{train['n_epochs_decay'] + 1} of it)"
     )
     lines = [
         f"---\n{front}---",

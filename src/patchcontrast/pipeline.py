@@ -232,7 +232,8 @@ def format_plan(plan: dict) -> str:
     return (
         f"time budget {plan['budget_s']:.0f} s: {plan['seconds_per_iteration']:.3f} s per "
         f"iteration measured, so {plan['iterations']} iterations ({plan['constant']} at the "
-        f"initial learning rate, {plan['decay']} decaying to 0), expected to end after "
+        f"initial learning rate, {plan['decay']} decaying linearly to 1/{plan['decay'] + 1} of "
+        f"it), expected to end after "
         f"about {plan['expected_s']} s"
     )
 
