@@ -304,13 +304,11 @@ def _test_split(cfg, out: Path) -> tuple[Path, Path, Path | None]:
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend, nothing to close
 
     names = [k for k in rows[0] if k != "step"]
-    fig, axes = plt.subplots(len(names), 1, figsize=(6, 2.2 * len(names)), squeeze=False)
+    fig = Figure(figsize=(6, 2.2 * len(names)))
+    axes = fig.subplots(len(names), 1, squeeze=False)
     steps = [r["step"] for r in rows]
     for ax, name in zip(axes[:, 0], names):
         ax.plot(steps, [r[name] for r in rows], marker="o")
@@ -319,4 +317,3 @@ def _plot(rows: list[dict], path: Path) -> None:
     axes[-1, 0].set_xlabel("training step")
     fig.tight_layout()
     write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)

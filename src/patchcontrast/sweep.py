@@ -610,10 +610,7 @@ def _plots(
     variants without grid values (e.g. plain PatchNCE) are dashed horizontal references."""
     if not spec["plots"]:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend, nothing to close
 
     folder.mkdir(exist_ok=True)
     for i, plot in enumerate(spec["plots"]):
@@ -634,7 +631,8 @@ def _plots(
                 references.append((name, mean))
         numeric = all(is_number(p[0]) for points in series.values() for p in points)
         categories = list(dict.fromkeys(folder_text(p[0]) for pts in series.values() for p in pts))
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        fig = Figure(figsize=(6.4, 4.2))
+        ax = fig.subplots()
         for label, points in series.items():
             points.sort(key=lambda p: p[0] if numeric else categories.index(folder_text(p[0])))
             xs = [p[0] if numeric else categories.index(folder_text(p[0])) for p in points]
@@ -660,7 +658,6 @@ def _plots(
             ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(folder / f"{i:02d}_{y}_vs_{short[x].replace('.', '-')}.png", dpi=100)
-        plt.close(fig)
 
 
 def _translation_grid(
@@ -670,11 +667,8 @@ def _translation_grid(
     (columns; the variant's lowest seed done, of those not restored from a report), after a
     reference column: the source image, or for paired runs (whose source is a label map) the
     real photo."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: no global backend, nothing to close
 
     from . import evaluate, pipeline
     from .config import PairedRunConfig
@@ -696,12 +690,8 @@ def _translation_grid(
     stems = [f.stem for f in columns[0][1]]
     # inches per image: small test images in rows; one whole image (a single-image run) larger
     cell = 1.1 if len(stems) > 1 else 4.0
-    fig, axes = plt.subplots(
-        len(stems),
-        len(columns) + 1,
-        squeeze=False,
-        figsize=(cell * (len(columns) + 1), cell * len(stems) + 0.9),
-    )
+    fig = Figure(figsize=(cell * (len(columns) + 1), cell * len(stems) + 0.9))
+    axes = fig.subplots(len(stems), len(columns) + 1, squeeze=False)
     for row, stem in enumerate(stems):
         images = [load_image(reference[stem], 3) if stem in reference else None]
         images += [load_image(files[row], 3) if row < len(files) else None for _, files in columns]
@@ -719,4 +709,3 @@ def _translation_grid(
         ax.set_title(title.replace("__", "\n"), fontsize=5)
     fig.tight_layout(pad=0.2)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
