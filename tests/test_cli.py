@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from patchcontrast.cli import main
-from patchcontrast.demo import DemoConfig, run_demo
+from patchcontrast.loss_demo import LossDemoConfig, run_loss_demo
 
 
 def test_help_lists_commands():
@@ -55,8 +55,8 @@ def test_demo_learns_and_writes_results(tmp_path, capsys):
 
 
 def test_demo_is_deterministic():
-    cfg = DemoConfig(losses=("put",), steps=5, patches=32)
-    first, second = run_demo(cfg), run_demo(cfg)
+    cfg = LossDemoConfig(losses=("put",), steps=5, patches=32)
+    first, second = run_loss_demo(cfg), run_loss_demo(cfg)
     for r in first + second:
         r.pop("ms_per_step")
     assert first == second

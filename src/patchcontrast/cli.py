@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .config import ALL_PRESETS, SCALES, replace, resolve_config
 from .data.download import DATASETS, DownloadError, download_dataset
-from .demo import DemoConfig, run_demo
+from .loss_demo import LossDemoConfig, run_loss_demo
 from .losses import CONTRASTIVE_LOSSES
 
 Formatter = argparse.ArgumentDefaultsHelpFormatter
@@ -332,7 +332,7 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _loss_demo_parser(sub: argparse._SubParsersAction) -> None:
-    d = DemoConfig()
+    d = LossDemoConfig()
     p = sub.add_parser(
         "loss-demo",
         formatter_class=Formatter,
@@ -691,8 +691,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "loss-demo":
-            run_demo(
-                DemoConfig(
+            run_loss_demo(
+                LossDemoConfig(
                     losses=tuple(args.losses),
                     steps=args.steps,
                     batch=args.batch,

@@ -30,8 +30,8 @@ DEFAULT_LOSSES = {
 
 
 @dataclass(frozen=True)
-class DemoConfig:
-    """Settings of ``patchcontrast demo``."""
+class LossDemoConfig:
+    """Settings of ``patchcontrast loss-demo``."""
 
     losses: tuple[str, ...] = tuple(DEFAULT_LOSSES)
     steps: int = 150
@@ -67,7 +67,7 @@ class DemoConfig:
 class PatchWorld:
     """Deterministic generator of (generated, source) patch feature pairs ``(B, N, C)``."""
 
-    def __init__(self, cfg: DemoConfig) -> None:
+    def __init__(self, cfg: LossDemoConfig) -> None:
         g = torch.Generator().manual_seed(cfg.seed)
         self.cfg = cfg
         self.centres = F.normalize(torch.randn(cfg.clusters, cfg.channels, generator=g), dim=-1)
@@ -92,7 +92,7 @@ def retrieval_accuracy(head: torch.Tensor, generated: torch.Tensor, source: torc
     return hits.float().mean().item()
 
 
-def train_head(name: str, world: PatchWorld, cfg: DemoConfig) -> dict:
+def train_head(name: str, world: PatchWorld, cfg: LossDemoConfig) -> dict:
     loss_fn = build_loss(name, **cfg.loss_options.get(name, {}))
     head = torch.eye(cfg.channels).requires_grad_(True)
     optim = torch.optim.Adam([head], lr=cfg.lr)
@@ -119,9 +119,9 @@ def train_head(name: str, world: PatchWorld, cfg: DemoConfig) -> dict:
     }
 
 
-def run_demo(cfg: DemoConfig) -> list[dict]:
+def run_loss_demo(cfg: LossDemoConfig) -> list[dict]:
     """Train one projection head per loss; print and (optionally) save a results table."""
-    print("patchcontrast demo:", json.dumps(asdict(cfg)))
+    print("patchcontrast loss-demo:", json.dumps(asdict(cfg)))
     world = PatchWorld(cfg)
     results = [train_head(name, world, cfg) for name in cfg.losses]
     print(
