@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_export import TINY  # the same 2-step cut-monce run
 
 from patchcontrast import serve
 from patchcontrast.cli import main
@@ -33,22 +34,6 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "model.ngf=8",
-    "model.ndf=8",
-    "model.netF_nc=16",
-    "model.num_patches=32",
-    "model.n_blocks=2",
-    "data.load_size=36",
-    "data.crop_size=32",
-    "data.builtin_train=4",
-    "data.builtin_test=2",
-    "train.batch_size=2",
-    "train.log_every=1",
-    "train.sample_every=100",
-    "train.checkpoint_every=2",
-    "train.max_steps=2",
-]
 # small limits, so that the refusals are tested with small files
 LIMITS = Limits(max_bytes=64 * 1024, max_pixels=200_000)
 SCREENSHOT = ROOT / "docs" / "serve.png"

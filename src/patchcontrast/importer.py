@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +82,7 @@ def read_state_dict(path: str | Path, *, raw: bool = False) -> dict[str, Tensor]
     run. Any file that is not a state dict of tensors raises a one-line ValueError naming it
     and what it holds instead (a discriminator, the feature network F, an optimizer state, a
     patchcontrast checkpoint, damaged bytes). ``raw``: keep a ``module.`` prefix."""
-    from .runstate import _first_line, _kind
+    from .runstate import UnreadableFile, _kind, load_weights_only
 
     path = Path(path)
     if not path.is_file():
@@ -91,43 +90,10 @@ def read_state_dict(path: str | Path, *, raw: bool = False) -> dict[str, Tensor]
             f"{path} is not a file: give the generator file of the official code "
             f"({', '.join(OFFICIAL_NAMES)})"
         )
-    with open(path, "rb") as f:
-        head = f.read(4)
-    problem = None
-    if not head:
-        problem = "it is empty"
-    elif head == b"PK\x03\x04":
-        import zipfile
-
-        if not zipfile.is_zipfile(path):
-            problem = "a truncated or corrupt zip archive"
-    state = None
-    if problem is None:
-        try:
-            # zip archives and the legacy (torch < 1.6) format of old CycleGAN releases
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            found = re.search(r"GLOBAL ([\w.]+)", str(err))
-            problem = (
-                (
-                    f"it holds pickled Python objects ({found[1]}) that the weights-only "
-                    "loader refuses; nothing in it was run"
-                )
-                if found
-                else "its bytes are not a file written by torch.save, nor a pickle of tensors; "
-                "nothing in it was run"
-            )
-        except Exception as err:  # noqa: BLE001 - random bytes raise IndexError, KeyError, ...
-            problem = (
-                f"torch cannot read it: {_first_line(err)}"
-                if head == b"PK\x03\x04"
-                else (
-                    "its bytes are not a file written by torch.save, nor a pickle of tensors; "
-                    "nothing in it was run"
-                )
-            )
-    if problem is not None:
-        raise ValueError(f"{path} is not a readable generator file ({problem})")
+    try:
+        state = load_weights_only(path, legacy=True)
+    except UnreadableFile as err:
+        raise ValueError(f"{path} is not a readable generator file ({err})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if isinstance(state, dict) and {"state", "param_groups"} <= state.keys():
@@ -263,23 +229,10 @@ def official_layout(
 
 def _check_layout(state: dict[str, Tensor], arch: Architecture, path) -> None:
     """Every key and shape of ``state`` against the generator that ``arch`` describes."""
-    from .translator import _some
+    from .translator import state_mismatches
 
     layout = official_layout(arch)[1]
-    problems = []
-    missing = [k for k in layout if k not in state]
-    if missing:
-        problems.append(f"missing {_some(missing)}")
-    unexpected = [k for k in state if k not in layout]
-    if unexpected:
-        problems.append(f"unexpected {_some(unexpected)}")
-    wrong = [
-        f"{k} {tuple(state[k].shape)} instead of {shape}"
-        for k, (_, shape) in layout.items()
-        if k in state and tuple(state[k].shape) != shape
-    ]
-    if wrong:
-        problems.append(f"wrong shapes {_some(wrong)}")
+    problems = state_mismatches(state, {k: shape for k, (_, shape) in layout.items()})
     if problems:
         raise ValueError(
             f"{path} is not a ResNet generator of a known layout (closest: "

@@ -292,30 +292,17 @@ CHECKPOINT_KEYS = ("objective", "config", "step")
 def read_checkpoint(path: Path) -> dict:
     """A checkpoint's dict, loaded onto the CPU; a ValueError naming the file when it is not one.
 
-    Only zip archives (what ``torch.save`` writes) reach the unpickler, and that is torch's
-    weights-only one: a pickle that would run code is refused, never executed. Damaged files
-    (empty, truncated, random bytes, refused objects) and readable files of another kind (a
-    bare state dict, an optimizer state) are told apart in the message.
+    Read by :func:`load_weights_only`: a pickle that would run code is refused, never executed.
+    Damaged files (empty, truncated, random bytes, refused objects) and readable files of another
+    kind (a bare state dict, an optimizer state) are told apart in the message.
     """
-    problem, state = _damage(path), None
-    if problem is None:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            # torch's message suggests weights_only=False, i.e. running the file: not repeated
-            found = re.search(r"GLOBAL ([\w.]+)", str(err))
-            problem = (
-                "it holds pickled Python objects"
-                + (f" ({found[1]})" if found else "")
-                + " that the weights-only loader refuses; nothing in it was run"
-            )
-        except (RuntimeError, EOFError) as err:
-            problem = f"a zip archive that torch cannot read: {_first_line(err)}"
-    if problem is not None:
+    try:
+        state = load_weights_only(path)
+    except UnreadableFile as err:
         raise ValueError(
-            f"{path} is not a readable patchcontrast checkpoint ({problem}): copy "
+            f"{path} is not a readable patchcontrast checkpoint ({err}): copy "
             "it again, or move it aside to use the run's previous checkpoint"
-        )
+        ) from None
     if not isinstance(state, dict) or not set(CHECKPOINT_KEYS) <= state.keys():
         raise ValueError(
             f"{path} is not a patchcontrast checkpoint: it holds {_kind(state)}, not "
@@ -325,17 +312,45 @@ def read_checkpoint(path: Path) -> dict:
     return state
 
 
-def _damage(path: Path) -> str | None:
-    """What makes ``path`` no zip archive, checked before anything unpickles it; None if it is."""
+class UnreadableFile(ValueError):
+    """What makes a file unreadable by :func:`load_weights_only` (the message, without the
+    file's name, for the caller's one-line error)."""
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # a zip archive's first local file header
+NOT_TORCH = "not a file written by torch.save"
+NOT_TENSORS = f"{NOT_TORCH}, nor a pickle of tensors; nothing in it was run"
+
+
+def load_weights_only(path: Path, *, legacy: bool = False) -> object:
+    """``torch.load`` onto the CPU with torch's weights-only unpickler, so a pickle that would
+    run code is refused, never run; :class:`UnreadableFile` says what is wrong otherwise.
+
+    Only zip archives (what ``torch.save`` writes) reach the unpickler, checked first; with
+    ``legacy`` also the plain pickles of torch < 1.6 (old official CycleGAN releases)."""
     with open(path, "rb") as f:
         head = f.read(4)
     if not head:
-        return "empty file"
-    if head != b"PK\x03\x04":  # a zip archive's first local file header
-        return "not a file written by torch.save: no zip archive"
-    if not zipfile.is_zipfile(path):  # its directory, at the end, is missing or broken
-        return "truncated or corrupt zip archive"
-    return None
+        raise UnreadableFile("empty file")
+    is_zip = head == ZIP_MAGIC
+    if not is_zip and not legacy:
+        raise UnreadableFile(f"{NOT_TORCH}: no zip archive")
+    if is_zip and not zipfile.is_zipfile(path):  # its directory, at the end, is missing/broken
+        raise UnreadableFile("truncated or corrupt zip archive")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message suggests weights_only=False, i.e. running the file: not repeated
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        problem = (
+            "it holds pickled Python objects"
+            + (f" ({found[1]})" if found else "")
+            + " that the weights-only loader refuses; nothing in it was run"
+        )
+        raise UnreadableFile(problem if found or is_zip else NOT_TENSORS) from None
+    except Exception as err:  # noqa: BLE001 - damaged bytes raise RuntimeError, IndexError, ...
+        problem = f"a zip archive that torch cannot read: {_first_line(err)}"
+        raise UnreadableFile(problem if is_zip else NOT_TENSORS) from None
 
 
 def _first_line(err: BaseException) -> str:

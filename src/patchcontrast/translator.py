@@ -112,27 +112,34 @@ def read_weights(path: Path, generator: nn.Module) -> dict[str, Tensor]:
         raise ValueError(
             f"{path} is not a readable safetensors file ({err}): export the model again"
         ) from None
-    expected = generator.state_dict()
-    problems = []
-    missing = [k for k in expected if k not in weights]
-    if missing:
-        problems.append(f"missing {_some(missing)}")
-    unexpected = [k for k in weights if k not in expected]
-    if unexpected:
-        problems.append(f"unexpected {_some(unexpected)}")
-    wrong = [
-        f"{k} {tuple(weights[k].shape)} instead of {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in weights and weights[k].shape != v.shape
-    ]
-    if wrong:
-        problems.append(f"wrong shapes {_some(wrong)}")
+    expected = {k: tuple(v.shape) for k, v in generator.state_dict().items()}
+    problems = state_mismatches(weights, expected)
     if problems:
         raise ValueError(
             f"{path} does not fit the generator that {path.with_name(CONFIG)} "
             f"describes: {'; '.join(problems)}"
         )
     return weights
+
+
+def state_mismatches(state: dict[str, Tensor], expected: dict[str, tuple[int, ...]]) -> list[str]:
+    """How ``state``'s keys and shapes differ from ``expected`` (key -> shape), as short phrases
+    for a one-line error (missing keys, unexpected keys, wrong shapes); empty if they match."""
+    problems = []
+    missing = [k for k in expected if k not in state]
+    if missing:
+        problems.append(f"missing {_some(missing)}")
+    unexpected = [k for k in state if k not in expected]
+    if unexpected:
+        problems.append(f"unexpected {_some(unexpected)}")
+    wrong = [
+        f"{k} {tuple(state[k].shape)} instead of {shape}"
+        for k, shape in expected.items()
+        if k in state and tuple(state[k].shape) != shape
+    ]
+    if wrong:
+        problems.append(f"wrong shapes {_some(wrong)}")
+    return problems
 
 
 def _some(items: list[str], n: int = 3) -> str:
